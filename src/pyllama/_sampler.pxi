@@ -1,0 +1,273 @@
+# Sampler: a llama_sampler chain built from SamplingParams, plus an optional grammar.
+
+cdef extern from "llama.h":
+    # the grammar sampler may throw (e.g. on a token it cannot accept): let Cython catch it
+    void _sampler_accept_cpp "llama_sampler_accept"(llama_sampler * smpl, llama_token token) except + nogil
+    void _sampler_apply_cpp "llama_sampler_apply"(llama_sampler * smpl, llama_token_data_array * cur_p) except + nogil
+
+_SAMPLER_ALIASES = {"typical_p": "typ_p"}
+
+
+cdef class Sampler:
+    """Samples one token from a context's logits row.
+
+    ``Sampler(model, SamplingParams(...))``. The chain follows llama-server's order
+    (logit bias, penalties, dry, top_n_sigma, top_k, typical, top_p, min_p, xtc, temperature,
+    then dist(seed)); temperature <= 0 is greedy. A grammar is checked against the chosen token
+    first and applied to all candidates only when it rejects it (as llama.cpp's common sampler does).
+    """
+    cdef llama_sampler * chain
+    cdef llama_sampler * grmr
+    cdef vector[llama_token_data] cur
+    cdef llama_token_data_array cur_p
+    cdef readonly Model model
+    cdef readonly object params
+    cdef int32_t n_vocab
+
+    def __cinit__(self):
+        self.chain = NULL
+        self.grmr = NULL
+
+    def __init__(self, Model model not None, params=None):
+        model._check()
+        if params is None:
+            params = SamplingParams()
+        elif isinstance(params, dict):
+            params = SamplingParams.from_dict(params)
+        elif not isinstance(params, SamplingParams):
+            raise TypeError("params must be a SamplingParams")
+        self.model = model
+        self.params = params
+        self.n_vocab = model.vocab.n_vocab
+        self.cur.resize(self.n_vocab)
+        self._build_grammar(params)
+        self._build_chain(params)
+
+    cdef _build_grammar(self, p):
+        if not p.grammar:
+            return
+        cdef bytes g = p.grammar.encode()
+        cdef vector[string] pats
+        cdef vector[const char *] cpats
+        cdef vector[llama_token] ttoks
+        cdef size_t i
+        if p.grammar_lazy:
+            for s in p.grammar_trigger_patterns:
+                pats.push_back(s.encode())
+            for i in range(pats.size()):
+                cpats.push_back(pats[i].c_str())
+            for t in p.grammar_trigger_tokens:
+                if t < 0 or t >= self.n_vocab:
+                    raise GrammarError(f"grammar trigger token {t} out of range")
+                ttoks.push_back(t)
+            self.grmr = llama_sampler_init_grammar_lazy_patterns(
+                self.model.vptr, g, b"root", cpats.data(), cpats.size(), ttoks.data(), ttoks.size())
+        else:
+            self.grmr = llama_sampler_init_grammar(self.model.vptr, g, b"root")
+        if self.grmr == NULL:
+            raise GrammarError("failed to parse the grammar (see the pyllama.llama_cpp log for where)")
+
+    cdef _build_chain(self, p):
+        cdef llama_sampler_chain_params cp = llama_sampler_chain_default_params()
+        cp.no_perf = True
+        self.chain = llama_sampler_chain_init(cp)
+        cdef const llama_vocab * v = self.model.vptr
+        cdef vector[llama_logit_bias] bias
+        cdef llama_logit_bias lb
+        cdef int32_t n_sup = 0, i
+        cdef const llama_token * sup = llama_vocab_get_suppress_tokens(v, &n_sup)
+        cdef vector[string] brk
+        cdef vector[const char *] cbrk
+        for tok, val in p.logit_bias:
+            if tok < 0 or tok >= self.n_vocab:
+                raise ValueError(f"logit_bias token {tok} out of range [0, {self.n_vocab})")
+            lb.token = tok
+            lb.bias = val
+            bias.push_back(lb)
+        for i in range(n_sup):
+            lb.token = sup[i]
+            lb.bias = -INFINITY
+            bias.push_back(lb)
+        if bias.size():
+            self._add(llama_sampler_init_logit_bias(self.n_vocab, <int32_t>bias.size(), bias.data()))
+
+        penalties_on = p.repeat_last_n != 0 and (p.repeat_penalty != 1.0 or p.presence_penalty != 0.0
+                                                  or p.frequency_penalty != 0.0)
+        last_n = p.repeat_last_n if p.repeat_last_n >= 0 else self.model.n_ctx_train
+        dry_on = p.dry_multiplier > 0.0
+        if p.mirostat == 0:
+            for name in p.samplers:
+                name = _SAMPLER_ALIASES.get(name, name)
+                if name == "penalties":
+                    if penalties_on:
+                        self._add(llama_sampler_init_penalties(self.n_vocab, last_n, p.repeat_penalty,
+                                                               p.frequency_penalty, p.presence_penalty))
+                elif name == "dry":
+                    if dry_on:
+                        for s in p.dry_sequence_breakers:
+                            brk.push_back(s.encode())
+                        for i in range(<int32_t>brk.size()):
+                            cbrk.push_back(brk[i].c_str())
+                        self._add(llama_sampler_init_dry(v, p.dry_multiplier, p.dry_base, p.dry_allowed_length,
+                                                         p.dry_penalty_last_n if p.dry_penalty_last_n >= 0
+                                                         else self.model.n_ctx_train,
+                                                         cbrk.data(), cbrk.size()))
+                elif p.greedy:
+                    continue  # greedy: only the logit-shaping samplers above matter
+                elif name == "top_k":
+                    if p.top_k > 0:
+                        self._add(llama_sampler_init_top_k(p.top_k))
+                elif name == "top_p":
+                    if p.top_p < 1.0:
+                        self._add(llama_sampler_init_top_p(p.top_p, p.min_keep))
+                elif name == "min_p":
+                    if p.min_p > 0.0:
+                        self._add(llama_sampler_init_min_p(p.min_p, p.min_keep))
+                elif name == "typ_p":
+                    if p.typical_p < 1.0:
+                        self._add(llama_sampler_init_typical(p.typical_p, p.min_keep))
+                elif name == "top_n_sigma":
+                    if p.top_n_sigma > 0.0:
+                        self._add(llama_sampler_init_top_n_sigma(p.top_n_sigma))
+                elif name == "xtc":
+                    if p.xtc_probability > 0.0:
+                        self._add(llama_sampler_init_xtc(p.xtc_probability, p.xtc_threshold, p.min_keep, p.seed))
+                elif name == "temperature":
+                    self._add(llama_sampler_init_temp_ext(p.temperature, p.dynatemp_range, p.dynatemp_exponent))
+                elif name == "infill":
+                    self._add(llama_sampler_init_infill(v))
+            if p.greedy:
+                self._add(llama_sampler_init_greedy())
+            else:
+                self._add(llama_sampler_init_dist(p.seed))
+        else:
+            if penalties_on:
+                self._add(llama_sampler_init_penalties(self.n_vocab, last_n, p.repeat_penalty,
+                                                       p.frequency_penalty, p.presence_penalty))
+            self._add(llama_sampler_init_temp(p.temperature))
+            if p.mirostat == 1:
+                self._add(llama_sampler_init_mirostat(self.n_vocab, p.seed, p.mirostat_tau, p.mirostat_eta, 100))
+            else:
+                self._add(llama_sampler_init_mirostat_v2(p.seed, p.mirostat_tau, p.mirostat_eta))
+
+    cdef inline void _add(self, llama_sampler * s):
+        llama_sampler_chain_add(self.chain, s)
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef void _free(self) noexcept:
+        if self.chain != NULL:
+            llama_sampler_free(self.chain)
+            self.chain = NULL
+        if self.grmr != NULL:
+            llama_sampler_free(self.grmr)
+            self.grmr = NULL
+
+    def close(self):
+        self._free()
+
+    @property
+    def closed(self):
+        return self.chain == NULL
+
+    @property
+    def names(self):
+        """The names of the samplers in the chain, in order."""
+        if self.chain == NULL:
+            raise ClosedError("the sampler is closed")
+        out = [llama_sampler_name(llama_sampler_chain_get(self.chain, i)).decode()
+               for i in range(llama_sampler_chain_n(self.chain))]
+        return (["grammar"] if self.grmr != NULL else []) + out
+
+    cdef inline void _fill(self, const float * logits) noexcept nogil:
+        cdef int32_t i
+        cdef llama_token_data * d = self.cur.data()
+        for i in range(self.n_vocab):
+            d[i].id = i
+            d[i].logit = logits[i]
+            d[i].p = 0.0
+        self.cur_p.data = d
+        self.cur_p.size = self.n_vocab
+        self.cur_p.selected = -1
+        self.cur_p.sorted = False
+
+    cpdef llama_token sample(self, Context ctx, int32_t idx=-1) except -1:
+        """Sample a token from row ``idx`` of ctx's last batch and accept it."""
+        cdef llama_token tok = self.sample_only(ctx, idx)
+        self.accept(tok)
+        return tok
+
+    cpdef llama_token sample_only(self, Context ctx, int32_t idx=-1) except -1:
+        """Sample without accepting (call accept() yourself)."""
+        if self.chain == NULL:
+            raise ClosedError("the sampler is closed")
+        ctx._check()
+        if ctx.model is not self.model and ctx.model.ptr != self.model.ptr:
+            raise ValueError("the sampler and the context belong to different models")
+        cdef const float * logits = llama_get_logits_ith(ctx.ptr, idx)
+        if logits == NULL:
+            raise IndexError(f"no logits for batch row {idx}")
+        cdef llama_token_data single
+        cdef llama_token_data_array one
+        cdef llama_token tok
+        with nogil:
+            self._fill(logits)
+        _sampler_apply_cpp(self.chain, &self.cur_p)
+        if self.cur_p.selected < 0 or <size_t>self.cur_p.selected >= self.cur_p.size:
+            raise RuntimeError("the sampler chain selected no token")
+        tok = self.cur_p.data[self.cur_p.selected].id
+        if self.grmr != NULL:
+            single.id = tok
+            single.logit = 1.0
+            single.p = 0.0
+            one.data = &single
+            one.size = 1
+            one.selected = -1
+            one.sorted = False
+            _sampler_apply_cpp(self.grmr, &one)
+            if single.logit == -INFINITY:
+                # rejected: constrain all candidates, then sample again
+                with nogil:
+                    self._fill(logits)
+                _sampler_apply_cpp(self.grmr, &self.cur_p)
+                _sampler_apply_cpp(self.chain, &self.cur_p)
+                if self.cur_p.selected < 0 or self.cur_p.data[self.cur_p.selected].logit == -INFINITY:
+                    raise GrammarError("the grammar allows no token here")
+                tok = self.cur_p.data[self.cur_p.selected].id
+        return tok
+
+    cpdef accept(self, llama_token token):
+        """Tell the samplers (penalties, grammar...) that ``token`` was generated."""
+        if self.chain == NULL:
+            raise ClosedError("the sampler is closed")
+        if token < 0 or token >= self.n_vocab:
+            raise TokenizeError(f"token id {token} out of range")
+        if self.grmr != NULL:
+            try:
+                _sampler_accept_cpp(self.grmr, token)
+            except Exception as e:
+                raise GrammarError(f"the grammar cannot accept token {token}: {e}") from None
+        _sampler_accept_cpp(self.chain, token)
+
+    def reset(self):
+        if self.chain == NULL:
+            raise ClosedError("the sampler is closed")
+        llama_sampler_reset(self.chain)
+        if self.grmr != NULL:
+            llama_sampler_reset(self.grmr)
+
+    def candidates(self, int n):
+        """After sample(): the ``n`` most probable candidates the chain left, as (token, p)."""
+        cdef size_t i
+        cdef llama_token_data * d = self.cur_p.data
+        if d == NULL or n <= 0:
+            return []
+        items = [(d[i].id, d[i].p, d[i].logit) for i in range(self.cur_p.size) if d[i].logit != -INFINITY]
+        if items and all(x[1] == 0.0 for x in items):
+            # the last sampler did not compute probabilities (greedy): softmax of the logits
+            m = max(x[2] for x in items)
+            z = sum(_np.exp(x[2] - m) for x in items)
+            items = [(t, float(_np.exp(l - m) / z), l) for t, _, l in items]
+        items.sort(key=lambda x: -x[1])
+        return [(t, float(p)) for t, p, _ in items[:n]]
