@@ -66,6 +66,13 @@ cdef class Sampler:
             self.grmr = llama_sampler_init_grammar(self.model.vptr, g, b"root")
         if self.grmr == NULL:
             raise GrammarError("failed to parse the grammar (see the pyllama.llama_cpp log for where)")
+        for t in p.grammar_prefill:
+            if t < 0 or t >= self.n_vocab:
+                raise GrammarError(f"grammar prefill token {t} out of range")
+            try:
+                _sampler_accept_cpp(self.grmr, t)
+            except Exception as e:
+                raise GrammarError(f"the grammar rejects the generation prompt: {e}") from None
 
     cdef _build_chain(self, p):
         cdef llama_sampler_chain_params cp = llama_sampler_chain_default_params()

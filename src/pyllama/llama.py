@@ -503,7 +503,7 @@ class Llama:
             pats, toks = [], []
             for t in rendered.get("grammar_triggers", []):
                 kind = t.get("type_name") or ""
-                if kind == "token" or t.get("type") == 0 and t.get("token", -1) >= 0:
+                if kind == "token":
                     toks.append(int(t["token"]))
                 elif kind == "word":
                     import re
@@ -515,6 +515,8 @@ class Llama:
                     pats.append(t["value"])
             extra["grammar_trigger_patterns"] = tuple(pats)
             extra["grammar_trigger_tokens"] = tuple(toks)
+            if rendered.get("grammar_prefill") and not extra["grammar_lazy"]:
+                extra["grammar_prefill"] = tuple(self._generation_prompt_tokens(rendered.get("generation_prompt", "")))
         sampling = self._sampling(temperature, top_p, min_p, typical_p, top_k, frequency_penalty,
                                   presence_penalty, repeat_penalty, mirostat_mode, mirostat_tau,
                                   mirostat_eta, seed, g, logit_bias, **extra)
@@ -526,6 +528,18 @@ class Llama:
         if stream:
             return it
         return self._collect_chat(it)
+
+    def _generation_prompt_tokens(self, text: str) -> List[int]:
+        """Tokens of the template's generation prompt, which a chat grammar starts with."""
+        if not text:
+            return []
+        vocab = self._model.vocab
+        toks = vocab.tokenize(text, add_special=False, parse_special=True)
+        if toks and not text[0].isspace():
+            first = vocab.token_to_piece(toks[0], special=True)
+            if first[:1].isspace():
+                toks = toks[1:]
+        return toks
 
     def _chat_chunks(self, tokens: List[int], rendered: Dict[str, Any], sampling: SamplingParams,
                      max_tokens: Optional[int], stops: List[str], model: str, ignore_eos: bool,

@@ -164,6 +164,7 @@ class SamplingParams:
     grammar_lazy: bool = False
     grammar_trigger_patterns: Tuple[str, ...] = ()
     grammar_trigger_tokens: Tuple[int, ...] = ()
+    grammar_prefill: Tuple[int, ...] = ()   # tokens the grammar accepts before sampling starts
     n_probs: int = 0
     samplers: Tuple[str, ...] = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p",
                                  "min_p", "xtc", "temperature")
@@ -194,6 +195,7 @@ class SamplingParams:
         object.__setattr__(self, "dry_sequence_breakers", tuple(self.dry_sequence_breakers))
         object.__setattr__(self, "grammar_trigger_patterns", tuple(self.grammar_trigger_patterns))
         object.__setattr__(self, "grammar_trigger_tokens", tuple(int(t) for t in self.grammar_trigger_tokens))
+        object.__setattr__(self, "grammar_prefill", tuple(int(t) for t in self.grammar_prefill))
 
     @property
     def greedy(self) -> bool:

@@ -1,0 +1,56 @@
+"""Shared fixtures: small GGUF models the suite generates itself (seeded random weights, real vocab)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import pyllama
+from pyllama.testing import vocab_path, write_random_model
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = ROOT / "vendor" / "llama.cpp" / "models"
+TEMPLATES_DIR = MODELS_DIR / "templates"
+
+# A template with tools (Qwen 2.5's), used for the chat model.
+CHAT_TEMPLATE = "Qwen-Qwen2.5-7B-Instruct.jinja"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(models_dir) -> Path:
+    """f32, llama-spm vocab (32000 tokens), 2 layers of 64: deterministic under batching."""
+    return write_random_model(models_dir / "tiny-f32.gguf", vocab="llama-spm", n_embd=64, n_layer=2,
+                              n_head=4, n_ff=128, ftype="f32", seed=1)
+
+
+@pytest.fixture(scope="session")
+def chat_model_path(models_dir) -> Path:
+    """qwen2 vocab with Qwen 2.5's tool-capable chat template."""
+    tmpl = (TEMPLATES_DIR / CHAT_TEMPLATE).read_text()
+    return write_random_model(models_dir / "chat-f32.gguf", vocab="qwen2", n_embd=64, n_layer=2, n_head=4,
+                              n_ff=128, ftype="f32", seed=2, chat_template=tmpl)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_path):
+    m = pyllama.Model(tiny_model_path)
+    yield m
+    m.close()
+
+
+@pytest.fixture()
+def llm(tiny_model_path):
+    with pyllama.Llama(tiny_model_path, n_ctx=512, n_batch=128, seed=42) as llm:
+        yield llm
+
+
+@pytest.fixture(scope="session")
+def chat_llm(chat_model_path):
+    with pyllama.Llama(chat_model_path, n_ctx=2048, n_batch=256, seed=7) as llm:
+        yield llm
