@@ -20,6 +20,7 @@ from pyllama cimport _chat_shim as shim
 
 import json as _json
 import logging as _logging
+import operator as _operator
 import os as _os
 import weakref as _weakref
 

@@ -328,15 +328,25 @@ cdef class Vocab:
             raise ClosedError("the model is closed")
         return self.model.vptr
 
-    cdef inline int _tok(self, long t) except -1:
-        if t < 0 or t >= self.n_vocab:
+    cdef inline int _tok(self, object t) except -1:
+        try:
+            i = _operator.index(t)
+        except TypeError:
+            raise TokenizeError(f"token ids must be integers, not {type(t).__name__}") from None
+        if i < 0 or i >= self.n_vocab:
             raise TokenizeError(f"token id {t} out of range [0, {self.n_vocab})")
         return 0
 
     def tokenize(self, text, bint add_special=True, bint parse_special=False):
         """Text (str or UTF-8 bytes) to a list of token ids."""
         cdef const llama_vocab * v = self._v()
-        cdef bytes b = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        cdef bytes b
+        if isinstance(text, str):
+            b = text.encode("utf-8")
+        elif isinstance(text, (bytes, bytearray, memoryview)):
+            b = bytes(text)
+        else:
+            raise TypeError(f"tokenize() takes str or bytes, not {type(text).__name__}")
         cdef const char * c = b
         cdef Py_ssize_t nbytes = len(b)
         if nbytes > 0x7FFFFFF0:
@@ -354,10 +364,11 @@ cdef class Vocab:
             raise TokenizeError("tokenization failed (the result would overflow int32)")
         return [toks[i] for i in range(n)]
 
-    def token_to_piece(self, llama_token token, bint special=True, int32_t lstrip=0):
+    def token_to_piece(self, token, bint special=True, int32_t lstrip=0):
         """The raw bytes one token renders to (may be a partial UTF-8 character)."""
         cdef const llama_vocab * v = self._v()
         self._tok(token)
+        token = _operator.index(token)
         cdef char buf[128]
         cdef int32_t n = llama_token_to_piece(v, token, buf, sizeof(buf), lstrip, special)
         cdef vector[char] big
@@ -376,7 +387,7 @@ cdef class Vocab:
         cdef vector[llama_token] toks
         for t in tokens:
             self._tok(t)
-            toks.push_back(t)
+            toks.push_back(_operator.index(t))
         cdef vector[char] buf
         buf.resize(toks.size() * 8 + 16)
         cdef int32_t n
@@ -391,17 +402,17 @@ cdef class Vocab:
             raise TokenizeError("detokenize failed")
         return buf.data()[:n]
 
-    def text(self, llama_token token):
+    def text(self, token):
         """The token's text as stored in the vocab."""
         cdef const llama_vocab * v = self._v()
         self._tok(token)
         return llama_vocab_get_text(v, token).decode("utf-8", "replace")
 
-    def score(self, llama_token token):
+    def score(self, token):
         self._tok(token)
         return llama_vocab_get_score(self._v(), token)
 
-    def attr(self, llama_token token):
+    def attr(self, token):
         self._tok(token)
         return <int>llama_vocab_get_attr(self._v(), token)
 

@@ -314,11 +314,18 @@ def test_spm_long_text(spm):
             assert r == ids
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: Vocab.tokenize(int) calls bytes(int) and silently "
-                                       "tokenizes that many NUL bytes instead of raising TypeError")
 def test_spm_tokenize_rejects_non_text(spm):
     with pytest.raises(TypeError):
         spm.tokenize(5, add_special=False)
+
+
+def test_huge_token_ids_are_tokenize_errors(spm):
+    with pytest.raises(pyllama.TokenizeError):
+        spm.token_to_piece(2**40)
+    with pytest.raises(pyllama.TokenizeError):
+        spm.detokenize([2**70])
+    import numpy as np
+    assert spm.token_to_piece(np.int64(1)) == spm.token_to_piece(1)
 
 
 def test_spm_tokenize_rejects_none(spm):
