@@ -65,7 +65,7 @@ cdef class Batch:
         return i
 
     cpdef int32_t add_sequence(self, tokens, llama_pos pos0, llama_seq_id seq_id,
-                               bint logits_last=True) except -1:
+                               bint logits_last=True) except? -1:
         """Append a run of tokens of one sequence at positions pos0, pos0+1, ...
 
         Only the last gets logits when ``logits_last``. Returns the last row index (-1 if empty).

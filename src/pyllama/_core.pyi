@@ -1,7 +1,8 @@
-"""Type stubs for pyllama._core (Cython bindings over llama.cpp).
+r"""Type stubs for pyllama._core (Cython bindings over llama.cpp).
 
 Kept in sync by hand with _core.pyx and its .pxi includes; check with
-``python -m mypy.stubtest pyllama._core``.
+``MYPYPATH=src python -m mypy.stubtest pyllama._core --allowlist FILE`` where FILE allowlists
+the Cython artifacts ``pyllama\._core\.__test__`` and ``pyllama\._core\.(\w+\.)?__(reduce|setstate)_cython__``.
 """
 
 import os

@@ -39,7 +39,6 @@ cdef class Model:
     cdef llama_model * ptr
     cdef const llama_vocab * vptr
     cdef readonly str path
-    cdef readonly Vocab vocab
     cdef object _adapters      # WeakSet of LoraAdapter owned by this model
     cdef object __weakref__
 
@@ -125,7 +124,6 @@ cdef class Model:
                 raise prog.exc
             raise ModelLoadError(f"failed to load model from {spath} (see the pyllama.llama_cpp log)")
         self.vptr = llama_model_get_vocab(self.ptr)
-        self.vocab = Vocab._create(self)
 
     def __dealloc__(self):
         if self.ptr != NULL:
@@ -136,6 +134,12 @@ cdef class Model:
         if self.ptr == NULL:
             raise ClosedError("the model is closed")
         return 0
+
+    @property
+    def vocab(self):
+        """The vocabulary (a new handle each time; it keeps this model alive, without a cycle)."""
+        self._check()
+        return Vocab._create(self)
 
     def close(self):
         """Free the model. Idempotent; contexts that still use it keep it alive until they close."""
