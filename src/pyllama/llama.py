@@ -10,35 +10,20 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
-from .detokenize import IncrementalDetokenizer, StopMatcher
+from .engine.core import EngineCore
+from .engine.request import Request, RequestKind, RequestOutput, TokenLogprob
+from .engine.runner import LlamaRunner
 from .errors import ChatTemplateError, ContextLimitError, TokenizeError
 from .params import DEFAULT_SEED, ContextParams, ModelParams, SamplingParams
 
 logger = logging.getLogger("pyllama")
 
 Prompt = Union[str, bytes, Sequence[int]]
-
-
-@dataclass
-class _Step:
-    token: int
-    text: str
-    logprob: Optional[float] = None
-    top: Optional[List[Tuple[int, float]]] = None
-
-
-@dataclass
-class _Result:
-    tokens: List[int] = field(default_factory=list)
-    finish_reason: Optional[str] = None
-    n_prompt: int = 0
-    n_cached: int = 0
 
 
 def _now_id(prefix: str) -> str:
@@ -69,6 +54,7 @@ class Llama:
         n_ctx: int = 4096,
         n_batch: int = 512,
         n_ubatch: int = 512,
+        n_parallel: int = 1,
         n_threads: Optional[int] = None,
         n_threads_batch: Optional[int] = None,
         flash_attn: Union[str, bool] = "auto",
@@ -104,18 +90,18 @@ class Llama:
             n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_ubatch, n_batch),
             n_threads_batch=n_threads_batch or 0, flash_attn=flash_attn, type_k=type_k, type_v=type_v,
             embeddings=embedding, pooling_type=pooling_type, rope_freq_base=rope_freq_base,
-            rope_freq_scale=rope_freq_scale, **kw)
+            rope_freq_scale=rope_freq_scale, n_seq_max=n_parallel, kv_unified=True, **kw)
         self.seed = seed
         self._model = _core.Model(self.model_path, self.model_params, progress_callback=progress_callback)
         self._ctx: Optional[_core.Context] = None
-        self._batch: Optional[_core.Batch] = None
-        self._cached: List[int] = []   # tokens whose KV is in sequence 0
+        self._core: Optional[EngineCore] = None
         self._chat: Optional[_core.ChatTemplates] = None
         self._chat_override = chat_template or chat_format
         self._lora = None
         if not vocab_only:
             self._ctx = _core.Context(self._model, self.context_params)
-            self._batch = _core.Batch(self.context_params.n_batch)
+            # the same engine as the server's, stepped in this thread; slots share the whole context
+            self._core = EngineCore(LlamaRunner(self._model, self._ctx, n_parallel, self._ctx.n_ctx))
             if lora_path:
                 self._lora = _core.LoraAdapter(self._model, lora_path)
                 self._ctx.set_lora_adapters([(self._lora, lora_scale)])
@@ -143,7 +129,7 @@ class Llama:
         if self._lora is not None:
             self._lora.close()
         self._model.close()
-        self._cached = []
+        self._core = None
 
     def __enter__(self) -> "Llama":
         return self
@@ -205,113 +191,79 @@ class Llama:
 
     # ------------------------------------------------------------------ evaluation
     def reset(self) -> None:
-        """Forget the cached prompt."""
-        self.ctx.seq_rm(0)
-        self._cached = []
-
-    def _eval_prompt(self, tokens: List[int]) -> int:
-        """Make the KV of seq 0 hold ``tokens`` and leave the last token's logits in row -1.
-
-        Returns how many tokens were reused from the cache.
-        """
-        ctx, batch = self.ctx, self._batch
-        n_ctx = ctx.n_ctx
-        if len(tokens) == 0:
-            raise ValueError("the prompt is empty")
-        if len(tokens) >= n_ctx:
-            raise ContextLimitError(
-                f"the prompt has {len(tokens)} tokens but the context holds {n_ctx}",
-                n_tokens=len(tokens), n_ctx=n_ctx)
-        n_keep = 0
-        for a, b in zip(self._cached, tokens):
-            if a != b:
-                break
-            n_keep += 1
-        n_keep = min(n_keep, len(tokens) - 1)  # always decode at least one token for logits
-        if not ctx.seq_rm(0, n_keep, -1):
-            ctx.seq_rm(0)
-            n_keep = 0
-        self._cached = tokens[:n_keep]
-        pos = n_keep
-        n_batch = batch.capacity
-        while pos < len(tokens):
-            chunk = tokens[pos:pos + n_batch]
-            batch.clear()
-            batch.add_sequence(chunk, pos, 0, pos + len(chunk) == len(tokens))
-            ctx.decode(batch)
-            self._cached.extend(chunk)
-            pos += len(chunk)
-        return n_keep
-
-    def _decode_one(self, token: int) -> None:
-        batch = self._batch
-        batch.clear()
-        batch.add(token, len(self._cached), 0, True)
-        self.ctx.decode(batch)
-        self._cached.append(token)
-
-    def eval(self, tokens: Sequence[int]) -> None:
-        """Append tokens to the cached sequence (llama-cpp-python's eval)."""
-        self._eval_prompt(list(self._cached) + list(tokens))
+        """Forget every cached prompt."""
+        self._engine_core().reset_cache()
 
     def logits(self) -> np.ndarray:
-        """Logits after the last evaluated token (a copy)."""
+        """Logits of the last row of the last decoded batch (a copy)."""
         return self.ctx.logits(-1, copy=True)
 
-    def _generate(self, prompt_tokens: List[int], sampling: SamplingParams, max_tokens: Optional[int],
-                  stop: Sequence[str], ignore_eos: bool, result: _Result,
-                  n_logprobs: int = 0) -> Iterator[_Step]:
-        """The one generation loop: prompt (with cache reuse), then sample until a stop."""
-        ctx = self.ctx
-        vocab = self._model.vocab
-        result.n_prompt = len(prompt_tokens)
-        result.n_cached = self._eval_prompt(prompt_tokens)
-        if ignore_eos:
-            bias = dict(sampling.logit_bias)
-            bias.update({t: float("-inf") for t in vocab.eog_tokens()})
-            sampling = sampling.replace(logit_bias=tuple(bias.items()))
-        sampler = _core.Sampler(self._model, sampling)
-        detok = IncrementalDetokenizer(lambda t: vocab.token_to_piece(t, special=False))
-        stops = StopMatcher(stop)
-        n_ctx = ctx.n_ctx
-        limit = max_tokens if max_tokens is not None and max_tokens >= 0 else n_ctx
-        try:
-            n = 0
-            while True:
-                if n >= limit:
-                    result.finish_reason = "length"
-                    break
-                if len(self._cached) >= n_ctx:
-                    result.finish_reason = "length"
-                    break
-                tok = sampler.sample(ctx, -1)
-                lp = top = None
-                if n_logprobs > 0 or n_logprobs == -1:
-                    lp = ctx.logprob_of(-1, tok)
-                    if n_logprobs > 0:
-                        top = ctx.top_logprobs(-1, n_logprobs)
-                n += 1
-                result.tokens.append(tok)
-                if not ignore_eos and vocab.is_eog(tok):
-                    tail = stops.push(detok.flush())[0] + stops.flush()
-                    if tail:
-                        yield _Step(-1, tail)
-                    result.finish_reason = "stop"
-                    break
-                text, matched = stops.push(detok.push(tok))
-                yield _Step(tok, text, lp, top)
-                if matched is not None:
-                    result.finish_reason = "stop"
-                    break
-                self._decode_one(tok)
-            if result.finish_reason == "length":
-                tail = stops.push(detok.flush())[0] + stops.flush()
-                if tail:
-                    yield _Step(-1, tail)
-        finally:
-            sampler.close()
+    def _engine_core(self) -> EngineCore:
+        if self._core is None:
+            raise ValueError("this Llama was loaded with vocab_only=True: it has no context")
+        return self._core
 
-    # ------------------------------------------------------------------ completions
+    def _request(self, prompt_tokens: List[int], sampling: SamplingParams, max_tokens: Optional[int],
+                 stop: Sequence[str], ignore_eos: bool, n_logprobs: int) -> Request:
+        return Request(prompt=tuple(prompt_tokens), sampling=sampling,
+                       max_tokens=-1 if max_tokens is None or max_tokens < 0 else max_tokens,
+                       stop=tuple(stop), ignore_eos=ignore_eos, n_probs=max(n_logprobs, 0),
+                       logprobs=n_logprobs != 0)
+
+    def _generate(self, prompt_tokens: List[int], sampling: SamplingParams, max_tokens: Optional[int],
+                  stop: Sequence[str], ignore_eos: bool, n_logprobs: int = 0) -> Iterator[RequestOutput]:
+        """One request through the engine core, in this thread; yields its deltas (the last is final)."""
+        core = self._engine_core()
+        st = core.add(self._request(prompt_tokens, sampling, max_tokens, stop, ignore_eos, n_logprobs))
+        rid = st.id
+        try:
+            while True:
+                for o in core.step():
+                    if o.request_id != rid:
+                        continue
+                    if o.finished and o.error is not None:
+                        raise o.error
+                    yield o
+                    if o.finished:
+                        return
+        finally:
+            if not st.status.finished:
+                core.abort(rid)
+                core.run_until_done({rid})
+
+    def generate_batch(self, prompts: Sequence[Prompt], *, max_tokens: Optional[int] = 16,
+                       stop: Optional[Union[str, List[str]]] = None, ignore_eos: bool = False,
+                       seed: Optional[int] = None, **sampling: Any) -> List[Dict[str, Any]]:
+        """Complete several prompts at once (continuous batching over ``n_parallel`` slots).
+
+        Returns one OpenAI-shaped completion dict per prompt, in order. Sampling keywords are
+        SamplingParams field names (temperature, top_k, top_p, ...); each prompt gets the same seed.
+        """
+        core = self._engine_core()
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        sp = SamplingParams(seed=self.seed if seed is None else seed, **sampling)
+        states = [core.add(self._request(self._prompt_tokens(p), sp, max_tokens, stops, ignore_eos, 0))
+                  for p in prompts]
+        texts: Dict[str, List[str]] = {st.id: [] for st in states}
+        finals: Dict[str, RequestOutput] = {}
+        for o in core.run_until_done({st.id for st in states}):
+            if o.request_id in texts:
+                texts[o.request_id].append(o.text)
+                if o.finished:
+                    finals[o.request_id] = o
+        created = int(time.time())
+        results = []
+        for st in states:
+            f = finals[st.id]
+            if f.error is not None:
+                raise f.error
+            results.append({"id": _now_id("cmpl"), "object": "text_completion", "created": created,
+                            "model": self.model_path,
+                            "choices": [{"text": "".join(texts[st.id]), "index": 0, "logprobs": None,
+                                         "finish_reason": f.finish_reason}],
+                            "usage": f.usage, "timings": f.timings})
+        return results
+
     def _sampling(self, temperature: float, top_p: float, min_p: float, typical_p: float, top_k: int,
                   frequency_penalty: float, presence_penalty: float, repeat_penalty: float,
                   mirostat_mode: int, mirostat_tau: float, mirostat_eta: float, seed: Optional[int],
@@ -374,7 +326,6 @@ class Llama:
                            logprobs: Optional[int], model: str, ignore_eos: bool) -> Iterator[Dict[str, Any]]:
         cid = _now_id("cmpl")
         created = int(time.time())
-        result = _Result()
         vocab = self._model.vocab
         offset = 0
 
@@ -390,20 +341,25 @@ class Llama:
             offset += len(text)
             yield chunk(text, None)
         n_lp = -1 if logprobs == 0 else (logprobs or 0)
-        for step in self._generate(tokens, sampling, max_tokens, stops, ignore_eos, result, n_lp):
+        for o in self._generate(tokens, sampling, max_tokens, stops, ignore_eos, n_lp):
             lp = None
-            if logprobs is not None and step.token >= 0:
-                piece = vocab.token_to_piece(step.token, special=False).decode("utf-8", "replace")
-                lp = {"tokens": [piece], "text_offset": [offset], "token_logprobs": [step.logprob],
-                      "top_logprobs": [{vocab.token_to_piece(t, special=False).decode("utf-8", "replace"): l
-                                        for t, l in (step.top or [])}] if logprobs else [None]}
-            offset += len(step.text)
-            if step.text or lp is not None:
-                yield chunk(step.text, None, lp)
-        usage = {"prompt_tokens": result.n_prompt, "completion_tokens": len(result.tokens),
-                 "total_tokens": result.n_prompt + len(result.tokens),
-                 "prompt_tokens_details": {"cached_tokens": result.n_cached}}
-        yield chunk("", result.finish_reason, None, usage)
+            if logprobs is not None and o.logprobs:
+                pieces = [vocab.token_to_piece(t.token, special=False).decode("utf-8", "replace") for t in o.logprobs]
+                offs = []
+                for p in pieces:
+                    offs.append(offset)
+                    offset += len(p)
+                lp = {"tokens": pieces, "text_offset": offs, "token_logprobs": [t.logprob for t in o.logprobs],
+                      "top_logprobs": [{vocab.token_to_piece(k, special=False).decode("utf-8", "replace"): v
+                                        for k, v in t.top} if logprobs else None for t in o.logprobs]}
+            else:
+                offset += len(o.text)
+            if o.finished:
+                if o.text or lp is not None:
+                    yield chunk(o.text, None, lp)
+                yield chunk("", o.finish_reason, None, o.usage)
+            elif o.text or lp is not None:
+                yield chunk(o.text, None, lp)
 
     @staticmethod
     def _collect_completion(chunks: Iterator[Dict[str, Any]]) -> Dict[str, Any]:
@@ -546,7 +502,6 @@ class Llama:
                      top_logprobs: Optional[int]) -> Iterator[Dict[str, Any]]:
         cid = _now_id("chatcmpl")
         created = int(time.time())
-        result = _Result()
         syntax = rendered.get("syntax")
         vocab = self._model.vocab
         text_so_far: List[str] = []
@@ -558,33 +513,35 @@ class Llama:
 
         yield chunk({"role": "assistant", "content": None})
         n_lp = (top_logprobs or -1) if top_logprobs is not None else 0
-        for step in self._generate(tokens, sampling, max_tokens, stops, ignore_eos, result, n_lp):
-            text_so_far.append(step.text)
+        final = None
+        for o in self._generate(tokens, sampling, max_tokens, stops, ignore_eos, n_lp):
+            text_so_far.append(o.text)
             lp = None
-            if top_logprobs is not None and step.token >= 0:
-                piece = vocab.token_to_piece(step.token, special=False)
-                lp = {"content": [{"token": piece.decode("utf-8", "replace"), "logprob": step.logprob,
-                                   "bytes": list(piece),
-                                   "top_logprobs": [{"token": vocab.token_to_piece(t, special=False).decode(
-                                       "utf-8", "replace"), "logprob": l,
-                                       "bytes": list(vocab.token_to_piece(t, special=False))}
-                                       for t, l in (step.top or [])]}]}
-            for delta in self._diff(sent, "".join(text_so_far), syntax, partial=True):
+            if top_logprobs is not None and o.logprobs:
+                lp = {"content": [self._chat_logprob(t) for t in o.logprobs]}
+            for delta in self._diff(sent, "".join(text_so_far), syntax, partial=not o.finished):
                 yield chunk(delta, None, lp)
                 lp = None
             if lp is not None:
                 yield chunk({}, None, lp)
-        final = list(self._diff(sent, "".join(text_so_far), syntax, partial=False))
-        for delta in final:
-            yield chunk(delta)
-        finish = result.finish_reason
+            if o.finished:
+                final = o
+        assert final is not None
+        finish = final.finish_reason
         if sent["n_calls"] and finish == "stop":
             finish = "tool_calls"
         last = chunk({}, finish)
-        last["usage"] = {"prompt_tokens": result.n_prompt, "completion_tokens": len(result.tokens),
-                         "total_tokens": result.n_prompt + len(result.tokens),
-                         "prompt_tokens_details": {"cached_tokens": result.n_cached}}
+        last["usage"] = final.usage
+        last["timings"] = final.timings
         yield last
+
+    def _chat_logprob(self, t: TokenLogprob) -> Dict[str, Any]:
+        vocab = self._model.vocab
+        piece = vocab.token_to_piece(t.token, special=False)
+        return {"token": piece.decode("utf-8", "replace"), "logprob": t.logprob, "bytes": list(piece),
+                "top_logprobs": [{"token": vocab.token_to_piece(k, special=False).decode("utf-8", "replace"),
+                                  "logprob": v, "bytes": list(vocab.token_to_piece(k, special=False))}
+                                 for k, v in t.top]}
 
     @staticmethod
     def _diff(sent: Dict[str, Any], text: str, syntax: Any, partial: bool) -> Iterator[Dict[str, Any]]:
@@ -657,45 +614,37 @@ class Llama:
     # ------------------------------------------------------------------ embeddings
     def embed(self, input: Union[str, List[str]], normalize: bool = False, truncate: bool = True,
               return_count: bool = False) -> Any:
-        """Embeddings of one text or a list (pooled per the model, or per token with pooling none)."""
-        ctx = self.ctx
+        """Embeddings of one text or a list: pooled as the model says, or one per token (pooling none).
+
+        Inputs are batched together through the engine's slots.
+        """
+        core = self._engine_core()
         if not self.context_params.embeddings:
             raise ValueError("create the Llama with embedding=True to compute embeddings")
         single = isinstance(input, str)
         texts = [input] if single else list(input)
-        n_batch = self._batch.capacity
-        pooled = ctx.pooling_type != 0
-        out: List[Any] = []
-        total = 0
+        limit = min(self.ctx.n_batch, self.ctx.n_ubatch)
+        pooled = self.ctx.pooling_type != 0
+        reqs = []
         for text in texts:
             toks = self.tokenize(text, add_bos=True, special=False)
-            if len(toks) > n_batch:
+            if len(toks) > limit:
                 if not truncate:
-                    raise ContextLimitError(f"input has {len(toks)} tokens, more than n_batch={n_batch}",
-                                            n_tokens=len(toks), n_ctx=n_batch)
-                toks = toks[:n_batch]
-            total += len(toks)
-            ctx.seq_rm(0)
-            self._cached = []
-            b = self._batch
-            b.clear()
-            for i, t in enumerate(toks):
-                b.add(t, i, 0, True)
-            if self._model.has_encoder and not self._model.has_decoder:
-                ctx.encode(b)
-            else:
-                ctx.decode(b)
-            if pooled:
-                e = ctx.embeddings_seq(0)
-                if normalize:
-                    e = e / max(float(np.linalg.norm(e)), 1e-12)
-                out.append(e.tolist())
-            else:
-                rows = [ctx.embeddings(i) for i in range(len(toks))]
-                if normalize:
-                    rows = [r / max(float(np.linalg.norm(r)), 1e-12) for r in rows]
-                out.append([r.tolist() for r in rows])
-            ctx.seq_rm(0)
+                    raise ContextLimitError(f"input has {len(toks)} tokens, more than the limit of {limit} "
+                                            f"(n_batch, n_ubatch)", n_tokens=len(toks), n_ctx=limit)
+                toks = toks[:limit]
+            reqs.append(Request(prompt=tuple(toks), kind=RequestKind.EMBED, pooled=pooled, cache_prompt=False,
+                                embd_normalize=2 if normalize else -1))
+        for r in reqs:
+            core.add(r)
+        finals = {o.request_id: o for o in core.run_until_done({r.id for r in reqs}) if o.finished}
+        out = []
+        for r in reqs:
+            f = finals[r.id]
+            if f.error is not None:
+                raise f.error
+            out.append(f.embedding)
+        total = sum(len(r.prompt) for r in reqs)
         res = out[0] if single else out
         return (res, total) if return_count else res
 

@@ -1,0 +1,301 @@
+"""AsyncEngine: the engine thread and the asyncio side.
+
+One thread owns the llama Context and runs EngineCore.step() while there is work. Callers talk
+to it through one thread-safe queue; each request gets its outputs through its own asyncio.Queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Union
+
+from .. import _core
+from ..errors import PyllamaError
+from ..params import ContextParams
+from .core import EngineCore
+from .request import Request, RequestKind, RequestOutput, RequestState
+from .runner import LlamaRunner
+
+logger = logging.getLogger("pyllama.engine")
+
+_STOP = object()
+
+
+class EngineStoppedError(PyllamaError):
+    """The engine is not running."""
+
+
+class AsyncEngine:
+    """Slots and continuous batching over one model, usable from asyncio.
+
+    >>> engine = AsyncEngine(model, ContextParams(n_ctx=4096), n_parallel=4)
+    >>> engine.start()
+    >>> async for out in engine.generate(Request(prompt=tokens, max_tokens=32)): ...
+    >>> await engine.stop()
+
+    ``kv_unified`` (the default, as llama-server's when the slot count is automatic) lets every slot
+    use the whole context; otherwise each slot gets ``n_ctx / n_parallel``.
+    """
+
+    def __init__(self, model: "_core.Model", context_params: Optional[ContextParams] = None, *,
+                 n_parallel: int = 4, kv_unified: bool = True, context_shift: bool = False, n_keep: int = 0):
+        if n_parallel < 1:
+            raise ValueError("n_parallel must be >= 1")
+        cp = context_params or ContextParams()
+        from dataclasses import replace
+        self.context_params = replace(cp, n_seq_max=n_parallel, kv_unified=kv_unified)
+        self.model = model
+        self.n_parallel = n_parallel
+        self._shift = (context_shift, n_keep)
+        self._ctx: Optional[_core.Context] = None
+        self._core: Optional[EngineCore] = None
+        self._thread: Optional[threading.Thread] = None
+        self._inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._queues: Dict[str, asyncio.Queue] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._running = False
+
+    # ---- lifecycle ----
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def core(self) -> EngineCore:
+        if self._core is None:
+            raise EngineStoppedError("the engine is not started")
+        return self._core
+
+    def start(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        """Create the context and the engine thread. Call from the event loop's thread (or pass it)."""
+        if self._running:
+            return
+        self._loop = loop or asyncio.get_event_loop()
+        ctx = _core.Context(self.model, self.context_params)
+        n_ctx = ctx.n_ctx
+        n_ctx_slot = n_ctx if self.context_params.kv_unified else ctx.n_ctx_seq
+        self._ctx = ctx
+        self._core = EngineCore(LlamaRunner(self.model, ctx, self.n_parallel, n_ctx_slot),
+                                context_shift=self._shift[0], n_keep=self._shift[1])
+        self._inbox = queue.SimpleQueue()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="pyllama-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self, drain: bool = False, timeout: Optional[float] = None) -> None:
+        """Stop the thread: finish in-flight work first when ``drain``, else abort it; free the context."""
+        if not self._running or self._thread is None:
+            return
+        self._inbox.put((_STOP, drain))
+        thread = self._thread
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, timeout)
+        if thread.is_alive():
+            logger.warning("engine thread did not stop within %s s; aborting everything", timeout)
+            self._inbox.put((_STOP, False))
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        self._finalize()
+
+    def stop_sync(self, drain: bool = False) -> None:
+        if not self._running or self._thread is None:
+            return
+        self._inbox.put((_STOP, drain))
+        self._thread.join()
+        self._finalize()
+
+    def _finalize(self) -> None:
+        self._running = False
+        self._thread = None
+        self._core = None
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+
+    # ---- the engine thread ----
+    def _run(self) -> None:
+        core = self._core
+        assert core is not None
+        stopping = False
+        drain = False
+        while True:
+            block = not core.has_work() and not stopping
+            try:
+                msg = self._inbox.get(block=block)
+            except queue.Empty:
+                msg = None
+            while msg is not None:
+                kind = msg[0]
+                if kind is _STOP:
+                    if stopping and not msg[1]:
+                        drain = False
+                    else:
+                        stopping, drain = True, msg[1]
+                elif kind == "add":
+                    _, request, sampler = msg
+                    try:
+                        core.add(request, sampler)
+                    except BaseException as e:  # noqa: BLE001 - the caller gets it
+                        if sampler is not None:
+                            sampler.close()
+                        self._send([RequestOutput(request.id, finished=True, finish_reason="error", error=e)])
+                elif kind == "abort":
+                    core.abort(msg[1])
+                elif kind == "call":
+                    _, fn, fut = msg
+                    if fut.set_running_or_notify_cancel():
+                        try:
+                            fut.set_result(fn(core))
+                        except BaseException as e:  # noqa: BLE001
+                            fut.set_exception(e)
+                try:
+                    msg = self._inbox.get_nowait()
+                except queue.Empty:
+                    msg = None
+            if stopping:
+                if not drain:
+                    for st in list(core.scheduler.by_id.values()):
+                        core.abort(st.id)
+                if not core.has_work():
+                    break
+            if core.has_work():
+                try:
+                    outs = core.step()
+                except BaseException as e:  # noqa: BLE001 - keep serving the others
+                    logger.exception("engine step failed")
+                    outs = self._fail_all(core, e)
+                if outs:
+                    self._send(outs)
+        # anything still queued at exit gets a final answer
+        self._send([RequestOutput(rid, finished=True, finish_reason="abort") for rid in list(self._queues)])
+
+    def _fail_all(self, core: EngineCore, error: BaseException) -> List[RequestOutput]:
+        outs = []
+        for st in list(core.scheduler.by_id.values()):
+            core.scheduler.fail(st, error)
+        outs.extend(core.step())
+        return outs
+
+    def _send(self, outs: List[RequestOutput]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._deliver, outs)
+        except RuntimeError:
+            pass  # the loop is closing
+
+    def _deliver(self, outs: List[RequestOutput]) -> None:
+        for o in outs:
+            q = self._queues.get(o.request_id)
+            if q is not None:
+                q.put_nowait(o)
+
+    # ---- the asyncio side ----
+    def _check_running(self) -> EngineCore:
+        if not self._running or self._core is None:
+            raise EngineStoppedError("the engine is not running")
+        return self._core
+
+    async def generate(self, request: Request) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs. Cancelling (or closing) the iterator aborts the request.
+
+        Raises the request's error (ContextLimitError, ...) instead of yielding it.
+        """
+        core = self._check_running()
+        core.scheduler.validate(RequestState(request, lambda t: b"", lambda t: False))
+        sampler = core.runner.new_sampler(request) if request.kind is RequestKind.GENERATE else None
+        q: asyncio.Queue = asyncio.Queue()
+        self._queues[request.id] = q
+        self._inbox.put(("add", request, sampler))
+        finished = False
+        try:
+            while True:
+                out: RequestOutput = await q.get()
+                if out.finished:
+                    finished = True
+                    if out.error is not None and out.finish_reason == "error" and not out.token_ids \
+                            and out.embedding is None and not out.text:
+                        raise out.error
+                yield out
+                if finished:
+                    return
+        finally:
+            self._queues.pop(request.id, None)
+            if not finished:
+                self.abort(request.id)
+
+    async def complete(self, request: Request) -> RequestOutput:
+        """Run a request to the end; returns one output with all text, tokens and logprobs."""
+        total = RequestOutput(request.id)
+        async for o in self.generate(request):
+            total.text += o.text
+            total.token_ids.extend(o.token_ids)
+            total.logprobs.extend(o.logprobs)
+            if o.finished:
+                for k in ("finished", "finish_reason", "stop_word", "error", "usage", "timings", "embedding",
+                          "id_slot"):
+                    setattr(total, k, getattr(o, k))
+        return total
+
+    async def embed(self, inputs: Sequence[Sequence[int]], *, pooled: bool = True,
+                    normalize: int = 2) -> List[Any]:
+        """Embeddings of token lists, batched across the engine's slots."""
+        reqs = [Request(prompt=tuple(toks), kind=RequestKind.EMBED, pooled=pooled, embd_normalize=normalize,
+                        cache_prompt=False) for toks in inputs]
+        outs = await asyncio.gather(*(self.complete(r) for r in reqs))
+        for o in outs:
+            if o.error is not None:
+                raise o.error
+        return [o.embedding for o in outs]
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request; thread safe, idempotent."""
+        if self._running:
+            self._inbox.put(("abort", request_id))
+
+    async def call(self, fn: Callable[[EngineCore], Any]) -> Any:
+        """Run ``fn(core)`` on the engine thread between two steps."""
+        self._check_running()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._inbox.put(("call", fn, fut))
+        return await asyncio.wrap_future(fut)
+
+    async def slots(self) -> List[dict]:
+        return await self.call(lambda core: core.slots())
+
+    async def metrics(self) -> Dict[str, Any]:
+        return await self.call(lambda core: core.metrics_dict())
+
+    async def save_slot(self, id_slot: int, path: str) -> Dict[str, Any]:
+        return await self.call(lambda core: _slot_op(core, id_slot, "save", path))
+
+    async def restore_slot(self, id_slot: int, path: str) -> Dict[str, Any]:
+        return await self.call(lambda core: _slot_op(core, id_slot, "restore", path))
+
+    async def erase_slot(self, id_slot: int) -> Dict[str, Any]:
+        return await self.call(lambda core: _slot_op(core, id_slot, "erase", None))
+
+
+def _slot_op(core: EngineCore, id_slot: int, action: str, path: Optional[str]) -> Dict[str, Any]:
+    """Save/restore/erase a slot's KV (engine thread). The slot must be idle."""
+    sched = core.scheduler
+    if not 0 <= id_slot < len(sched.slots):
+        raise ValueError(f"id_slot {id_slot} out of range [0, {len(sched.slots)})")
+    slot = sched.slots[id_slot]
+    if not slot.free:
+        raise PyllamaError(f"slot {id_slot} is busy")
+    ctx = core.runner.ctx  # type: ignore[attr-defined]
+    if action == "save":
+        n = ctx.seq_state_save_file(path, id_slot, slot.cache)
+        return {"id_slot": id_slot, "n_saved": len(slot.cache), "n_written": n}
+    if action == "restore":
+        ctx.seq_rm(id_slot)
+        toks = ctx.seq_state_load_file(path, id_slot, core.runner.n_ctx_slot)
+        slot.cache = list(toks)
+        return {"id_slot": id_slot, "n_restored": len(toks)}
+    n = len(slot.cache)
+    ctx.seq_rm(id_slot)
+    slot.cache = []
+    return {"id_slot": id_slot, "n_erased": n}

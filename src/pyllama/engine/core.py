@@ -1,0 +1,211 @@
+"""EngineCore: one step = schedule, one llama_decode for every slot, sample, emit deltas.
+
+The core is generic over a *runner* (the only part that calls llama.cpp), so the whole loop is
+tested with a fake runner. ``LlamaRunner`` is the real one. Only one thread may call step().
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import DecodeError, KVCacheFullError, PyllamaError
+from .request import Request, RequestKind, RequestOutput, RequestState, RequestStatus, TokenLogprob
+from .scheduler import BatchItem, MemOp, Scheduler, SchedulerConfig, SchedulerOutput
+
+
+class Runner(Protocol):
+    """What the engine needs from a model + context."""
+
+    n_slots: int
+    n_ctx_slot: int
+    n_batch: int
+    n_ubatch: int
+
+    def piece(self, token: int) -> bytes: ...
+    def is_eog(self, token: int) -> bool: ...
+    def new_sampler(self, request: Request) -> Any: ...
+    def free_sampler(self, sampler: Any) -> None: ...
+    def apply(self, op: MemOp) -> None: ...
+    def decode(self, items: Sequence[BatchItem]) -> List[int]: ...
+    def sample(self, sampler: Any, row: int) -> int: ...
+    def logprob(self, row: int, token: int, n_top: int) -> TokenLogprob: ...
+    def embedding(self, item: BatchItem, row: int, pooled: bool) -> Any: ...
+
+
+@dataclass
+class EngineMetrics:
+    n_prompt_tokens_processed_total: int = 0
+    t_prompt_processing_total: float = 0.0      # ms
+    n_tokens_predicted_total: int = 0
+    t_tokens_generation_total: float = 0.0      # ms
+    n_decode_total: int = 0
+    n_busy_slots_total: int = 0
+    n_tokens_max: int = 0
+    n_requests_total: int = 0
+    n_requests_failed: int = 0
+    t_step_python_total: float = 0.0            # s spent in step() outside decode
+    t_decode_total: float = 0.0                 # s spent in decode
+
+
+class EngineCore:
+    def __init__(self, runner: Runner, *, context_shift: bool = False, n_keep: int = 0):
+        self.runner = runner
+        self.scheduler = Scheduler(SchedulerConfig(
+            n_slots=runner.n_slots, n_ctx_slot=runner.n_ctx_slot, n_batch=runner.n_batch,
+            n_ubatch=runner.n_ubatch, context_shift=context_shift, n_keep=n_keep))
+        self.metrics = EngineMetrics()
+        self._samplers: Dict[str, Any] = {}
+
+    # ---- intake (engine thread) ----
+    def make_state(self, request: Request, sampler: Any = None) -> RequestState:
+        st = RequestState(request, self.runner.piece, self.runner.is_eog)
+        self.scheduler.validate(st)
+        if request.kind is RequestKind.GENERATE and sampler is None:
+            sampler = self.runner.new_sampler(request)
+        if sampler is not None:
+            self._samplers[request.id] = sampler
+        return st
+
+    def add(self, request: Request, sampler: Any = None) -> RequestState:
+        """Queue a request (validated here: raises ContextLimitError, ValueError...)."""
+        st = self.make_state(request, sampler)
+        try:
+            self.scheduler.add(st)
+        except BaseException:
+            self._drop_sampler(st.id)
+            raise
+        self.metrics.n_requests_total += 1
+        return st
+
+    def abort(self, request_id: str) -> bool:
+        return self.scheduler.abort(request_id)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- the step ----
+    def step(self) -> List[RequestOutput]:
+        t0 = time.perf_counter()
+        sched = self.scheduler
+        out = sched.schedule()
+        emitted: List[RequestOutput] = []
+        for st in out.finished:
+            emitted.append(self._final(st))
+        for op in out.mem_ops:
+            self.runner.apply(op)
+        if not out.items:
+            self.metrics.t_step_python_total += time.perf_counter() - t0
+            return emitted
+        t1 = time.perf_counter()
+        try:
+            rows = self.runner.decode(out.items)
+        except KVCacheFullError:
+            t2 = time.perf_counter()
+            for st in sched.on_kv_full(out):
+                self.runner.apply(MemOp("rm", st.slot, 0, -1))
+                sched.release(st)
+                emitted.append(self._final(st))
+            self.metrics.t_decode_total += t2 - t1
+            self.metrics.t_step_python_total += (t1 - t0) + (time.perf_counter() - t2)
+            return emitted
+        except DecodeError as e:
+            # a failed batch: the requests in it fail, their slots are cleared, the engine goes on
+            for item in out.items:
+                sched.fail(item.state, e)
+                item.slot.cache.clear()
+                self.runner.apply(MemOp("rm", item.slot.id, 0, -1))
+                sched.release(item.state)
+                emitted.append(self._final(item.state))
+            return emitted
+        t2 = time.perf_counter()
+        m = self.metrics
+        m.n_decode_total += 1
+        m.n_busy_slots_total += len(out.items)
+        m.t_decode_total += t2 - t1
+        sched.on_decoded(out)
+        now = time.perf_counter()
+        for item, row in zip(out.items, rows):
+            st = item.state
+            if not item.logits or st.status.finished:
+                continue
+            req = st.request
+            if req.kind is RequestKind.EMBED:
+                try:
+                    st.out().embedding = self.runner.embedding(item, row, req.pooled)
+                    st.finish(RequestStatus.FINISHED_STOPPED)
+                except PyllamaError as e:
+                    st.finish(RequestStatus.FINISHED_ERROR, e)
+                continue
+            if not st.t_prompt_done:
+                st.t_prompt_done = now
+            try:
+                tok = self.runner.sample(self._samplers[req.id], row)
+                lp = self.runner.logprob(row, tok, req.n_probs) if (req.logprobs or req.n_probs) else None
+            except PyllamaError as e:
+                st.finish(RequestStatus.FINISHED_ERROR, e)
+                continue
+            st.add_token(tok, lp, item.slot.n_ctx - len(item.slot.cache) if not sched.config.context_shift
+                         else 1 << 30)
+        for item in out.items:
+            st = item.state
+            if st.status.finished:
+                if st.id in sched.by_id:
+                    sched.release(st)
+                    emitted.append(self._final(st))
+            elif st.pending is not None:
+                emitted.append(st.take_output())
+        m.t_step_python_total += (t1 - t0) + (time.perf_counter() - t2)
+        return emitted
+
+    def _final(self, st: RequestState) -> RequestOutput:
+        o = st.final_output()
+        st.pending = None
+        self._drop_sampler(st.id)
+        m = self.metrics
+        if st.error is not None:
+            m.n_requests_failed += 1
+        if o.timings:
+            m.n_prompt_tokens_processed_total += o.timings["prompt_n"]
+            m.t_prompt_processing_total += o.timings["prompt_ms"]
+            m.n_tokens_predicted_total += o.timings["predicted_n"]
+            m.t_tokens_generation_total += o.timings["predicted_ms"]
+        return o
+
+    def _drop_sampler(self, request_id: str) -> None:
+        s = self._samplers.pop(request_id, None)
+        if s is not None:
+            self.runner.free_sampler(s)
+
+    def run_until_done(self, request_ids: Optional[set] = None) -> List[RequestOutput]:
+        """Step until the given requests (default: all) finish; returns every output in order."""
+        outs: List[RequestOutput] = []
+        pending = set(request_ids) if request_ids is not None else None
+        while self.has_work() and (pending is None or pending):
+            for o in self.step():
+                outs.append(o)
+                if pending is not None and o.finished:
+                    pending.discard(o.request_id)
+        return outs
+
+    def reset_cache(self) -> None:
+        """Forget the cached tokens of every idle slot (and their KV)."""
+        for slot in self.scheduler.slots:
+            if slot.free:
+                self.runner.apply(MemOp("rm", slot.id, -1, -1))
+                slot.cache = []
+
+    # ---- introspection ----
+    def slots(self) -> List[dict]:
+        return self.scheduler.slots_info()
+
+    def metrics_dict(self) -> Dict[str, Any]:
+        m = self.metrics
+        d = dict(m.__dict__)
+        d["requests_processing"] = self.scheduler.n_running
+        d["requests_deferred"] = self.scheduler.n_waiting
+        d["n_busy_slots_per_decode"] = m.n_busy_slots_total / m.n_decode_total if m.n_decode_total else 0.0
+        d["python_ms_per_step"] = 1e3 * m.t_step_python_total / m.n_decode_total if m.n_decode_total else 0.0
+        return d

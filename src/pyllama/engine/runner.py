@@ -1,0 +1,104 @@
+"""LlamaRunner: the engine's only door to llama.cpp (a Model, a Context, one Batch)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from .. import _core
+from ..params import SamplingParams
+from .request import Request, RequestKind, TokenLogprob
+from .scheduler import BatchItem, MemOp
+
+
+def normalize_embedding(v: np.ndarray, mode: int) -> np.ndarray:
+    """llama-server's embd_normalize: -1 none, 0 max-abs (int16 range), 1 taxicab, 2 euclidean, >2 p-norm."""
+    v = np.asarray(v, dtype=np.float64)
+    if mode < 0:
+        return v
+    if mode == 0:
+        s = np.abs(v).max() / 32760.0 if v.size else 0.0
+    elif mode == 1:
+        s = np.abs(v).sum()
+    elif mode == 2:
+        s = np.sqrt((v * v).sum())
+    else:
+        s = (np.abs(v) ** mode).sum() ** (1.0 / mode)
+    return v / s if s > 0 else v
+
+
+class LlamaRunner:
+    def __init__(self, model: "_core.Model", ctx: "_core.Context", n_slots: int, n_ctx_slot: int):
+        self.model = model
+        self.ctx = ctx
+        self.vocab = model.vocab
+        self.n_slots = n_slots
+        self.n_ctx_slot = n_ctx_slot
+        self.n_batch = ctx.n_batch
+        self.n_ubatch = ctx.n_ubatch
+        self.batch = _core.Batch(self.n_batch, 1)
+        self._eog = frozenset(self.vocab.eog_tokens())
+        self._pieces: Dict[int, bytes] = {}
+        self.pooled = ctx.pooling_type not in (-1, 0)
+
+    def piece(self, token: int) -> bytes:
+        p = self._pieces.get(token)
+        if p is None:
+            p = self._pieces[token] = self.vocab.token_to_piece(token, special=False)
+        return p
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._eog
+
+    def new_sampler(self, request: Request) -> "_core.Sampler":
+        sp: SamplingParams = request.sampling
+        if request.ignore_eos and self._eog:
+            bias = dict(sp.logit_bias)
+            bias.update({t: float("-inf") for t in self._eog})
+            sp = sp.replace(logit_bias=tuple(bias.items()))
+        return _core.Sampler(self.model, sp)
+
+    def free_sampler(self, sampler: Any) -> None:
+        sampler.close()
+
+    def apply(self, op: MemOp) -> None:
+        if op.op == "rm":
+            if not self.ctx.seq_rm(op.seq, op.p0, op.p1):
+                self.ctx.seq_rm(op.seq, -1, -1)    # partial removal unsupported (recurrent): drop all
+        elif op.op == "shift":
+            self.ctx.seq_add(op.seq, op.p0, op.p1, op.delta)
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"unknown memory op {op.op!r}")
+
+    def decode(self, items: Sequence[BatchItem]) -> List[int]:
+        b = self.batch
+        b.clear()
+        rows = []
+        for it in items:
+            if it.state.request.kind is RequestKind.EMBED and not self.pooled:
+                first = b.n_tokens
+                for i, t in enumerate(it.tokens):
+                    b.add(t, it.pos0 + i, it.slot.id, True)
+                rows.append(first)
+            else:
+                rows.append(b.add_sequence(it.tokens, it.pos0, it.slot.id, it.logits))
+        self.ctx.decode(b)
+        return rows
+
+    def sample(self, sampler: "_core.Sampler", row: int) -> int:
+        return sampler.sample(self.ctx, row)
+
+    def logprob(self, row: int, token: int, n_top: int) -> TokenLogprob:
+        top = self.ctx.top_logprobs(row, n_top) if n_top > 0 else []
+        return TokenLogprob(token, self.ctx.logprob_of(row, token), top)
+
+    def embedding(self, item: BatchItem, row: int, pooled: bool) -> Any:
+        mode = item.state.request.embd_normalize
+        if self.pooled:
+            v = normalize_embedding(self.ctx.embeddings_seq(item.slot.id), mode)
+            return v.tolist() if pooled else [v.tolist()]
+        rows = [normalize_embedding(self.ctx.embeddings(row + i), mode) for i in range(len(item.tokens))]
+        if pooled:  # the model has no pooling: mean of the token embeddings
+            return normalize_embedding(np.mean([self.ctx.embeddings(row + i) for i in range(len(item.tokens))],
+                                               axis=0), mode).tolist()
+        return [r.tolist() for r in rows]

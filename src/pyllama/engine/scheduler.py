@@ -1,0 +1,262 @@
+"""The scheduler: pure logic, no llama calls.
+
+Each step it admits waiting requests into free slots (longest cached prefix first, then least
+recently used), and builds one batch: one decode token for every generating slot, then prompt
+chunks of slots still reading their prompt, within ``n_batch`` tokens (chunked prefill). The
+runner executes the batch; ``on_decoded`` advances the slots. KV-full is handled by halving the
+batch and, when a single token cannot fit, failing only that request.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Optional, Tuple
+
+from ..errors import ContextLimitError, KVCacheFullError
+from .request import RequestKind, RequestState, RequestStatus
+from .slot import Slot, common_prefix
+
+
+@dataclass
+class BatchItem:
+    slot: Slot
+    state: RequestState
+    tokens: List[int]
+    pos0: int
+    logits: bool                    # logits wanted for the last token of the item
+    prefill: bool
+
+
+@dataclass
+class MemOp:
+    op: str                         # "rm" (p0, p1) or "shift" (p0, p1, delta)
+    seq: int
+    p0: int
+    p1: int
+    delta: int = 0
+
+
+@dataclass
+class SchedulerOutput:
+    items: List[BatchItem] = field(default_factory=list)
+    mem_ops: List[MemOp] = field(default_factory=list)
+    finished: List[RequestState] = field(default_factory=list)   # ended without decoding (abort...)
+    admitted: List[RequestState] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(i.tokens) for i in self.items)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    n_slots: int
+    n_ctx_slot: int
+    n_batch: int
+    n_ubatch: int = 512
+    context_shift: bool = False
+    n_keep: int = 0                 # tokens kept at the start on a context shift
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig):
+        self.config = config
+        self.slots = [Slot(i, config.n_ctx_slot) for i in range(config.n_slots)]
+        self.waiting: Deque[RequestState] = deque()
+        self.by_id: Dict[str, RequestState] = {}
+        self._clock = 0
+        self._budget_cap = config.n_batch
+
+    # ---- intake ----
+    def validate(self, state: RequestState) -> None:
+        """Reject what can never run, with both numbers in the message."""
+        req, cfg = state.request, self.config
+        n = len(req.prompt)
+        if req.kind is RequestKind.EMBED:
+            limit = min(cfg.n_batch, cfg.n_ubatch, cfg.n_ctx_slot)
+            if n > limit:
+                raise ContextLimitError(
+                    f"input is too large to process: {n} tokens, the limit is {limit} "
+                    f"(n_ubatch={cfg.n_ubatch}, n_batch={cfg.n_batch})", n_tokens=n, n_ctx=limit)
+        elif n >= cfg.n_ctx_slot:
+            raise ContextLimitError(
+                f"the request exceeds the available context size: the prompt has {n} tokens and a slot "
+                f"holds {cfg.n_ctx_slot}", n_tokens=n, n_ctx=cfg.n_ctx_slot)
+        if req.id_slot >= cfg.n_slots:
+            raise ValueError(f"id_slot {req.id_slot} out of range [0, {cfg.n_slots})")
+        if req.id in self.by_id:
+            raise ValueError(f"duplicate request id {req.id!r}")
+
+    def add(self, state: RequestState) -> None:
+        self.validate(state)
+        self.waiting.append(state)
+        self.by_id[state.id] = state
+
+    def abort(self, request_id: str) -> bool:
+        """Mark a request aborted; it leaves at the next schedule()."""
+        st = self.by_id.get(request_id)
+        if st is None or st.status.finished:
+            return False
+        st.finish(RequestStatus.FINISHED_ABORTED)
+        return True
+
+    def fail(self, state: RequestState, error: BaseException) -> None:
+        state.finish(RequestStatus.FINISHED_ERROR, error)
+
+    def release(self, state: RequestState) -> None:
+        """Forget a finished request and free its slot (its cache stays for prefix reuse)."""
+        self.by_id.pop(state.id, None)
+        if state.slot is not None:
+            slot = self.slots[state.slot]
+            if slot.state is state:
+                slot.state = None
+                if state.request.kind is RequestKind.EMBED:
+                    slot.cache = []     # embeddings are not kept for reuse
+        try:
+            self.waiting.remove(state)
+        except ValueError:
+            pass
+
+    # ---- queries ----
+    @property
+    def n_running(self) -> int:
+        return sum(1 for s in self.slots if s.state is not None)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or any(s.state is not None for s in self.slots)
+
+    # ---- one step ----
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        # requests finished outside a step (abort) leave now
+        for slot in self.slots:
+            st = slot.state
+            if st is not None and st.status.finished:
+                out.finished.append(st)
+                self.release(st)
+        for st in [w for w in self.waiting if w.status.finished]:
+            out.finished.append(st)
+            self.release(st)
+        self._admit(out)
+
+        budget = self._budget_cap
+        # 1. one token for every generating slot
+        for slot in self.slots:
+            st = slot.state
+            if st is None or st.status is not RequestStatus.DECODING or budget <= 0:
+                continue
+            if len(slot.cache) >= slot.n_ctx:
+                if not self._shift(slot, out):
+                    st.finish(RequestStatus.FINISHED_LENGTH)
+                    out.finished.append(st)
+                    self.release(st)
+                    continue
+            out.items.append(BatchItem(slot, st, [st.generated[-1]], len(slot.cache), True, False))
+            budget -= 1
+        # 2. prompt chunks, oldest admission first
+        prefill = sorted((s for s in self.slots if s.state is not None and s.state.status is RequestStatus.PREFILL),
+                         key=lambda s: s.state.t_start)
+        for slot in prefill:
+            if budget <= 0:
+                break
+            st = slot.state
+            prompt = st.request.prompt
+            start = len(slot.cache)
+            n = min(len(prompt) - start, budget)
+            if st.request.kind is RequestKind.EMBED and n < len(prompt) - start:
+                continue        # an embedding input is decoded in one piece
+            end = start + n
+            out.items.append(BatchItem(slot, st, list(prompt[start:end]), start, end == len(prompt), True))
+            budget -= n
+        return out
+
+    def _admit(self, out: SchedulerOutput) -> None:
+        if not self.waiting:
+            return
+        still: Deque[RequestState] = deque()
+        while self.waiting:
+            st = self.waiting.popleft()
+            slot = self._pick_slot(st)
+            if slot is None:
+                still.append(st)
+                continue
+            self._clock += 1
+            slot.last_used = self._clock
+            slot.state = st
+            st.slot = slot.id
+            req = st.request
+            keep = 0
+            if req.cache_prompt and req.kind is RequestKind.GENERATE:
+                keep = min(common_prefix(slot.cache, req.prompt), len(req.prompt) - 1)
+            if keep < len(slot.cache) or not slot.cache:
+                out.mem_ops.append(MemOp("rm", slot.id, keep, -1))
+            del slot.cache[keep:]
+            st.n_cached = st.n_past = keep
+            st.status = RequestStatus.PREFILL
+            st.t_start = time.perf_counter()
+            out.admitted.append(st)
+        self.waiting = still
+
+    def _pick_slot(self, st: RequestState) -> Optional[Slot]:
+        req = st.request
+        if req.id_slot >= 0:
+            s = self.slots[req.id_slot]
+            return s if s.free else None
+        free = [s for s in self.slots if s.free]
+        if not free:
+            return None
+        if req.cache_prompt and req.kind is RequestKind.GENERATE:
+            best = max(free, key=lambda s: (common_prefix(s.cache, req.prompt), -s.last_used))
+            if common_prefix(best.cache, req.prompt) > 0:
+                return best
+        return min(free, key=lambda s: s.last_used)
+
+    def _shift(self, slot: Slot, out: SchedulerOutput) -> bool:
+        """Context shift: drop half of what follows n_keep. False when disabled or impossible."""
+        cfg = self.config
+        if not cfg.context_shift:
+            return False
+        n_keep = min(cfg.n_keep, len(slot.cache) - 1)
+        n_discard = (len(slot.cache) - n_keep) // 2
+        if n_discard <= 0:
+            return False
+        out.mem_ops.append(MemOp("rm", slot.id, n_keep, n_keep + n_discard))
+        out.mem_ops.append(MemOp("shift", slot.id, n_keep + n_discard, -1, -n_discard))
+        del slot.cache[n_keep:n_keep + n_discard]
+        return True
+
+    # ---- after the runner decoded (or failed) ----
+    def on_decoded(self, out: SchedulerOutput) -> None:
+        for item in out.items:
+            item.slot.cache.extend(item.tokens)
+            st = item.state
+            if item.prefill:
+                st.n_past += len(item.tokens)
+                st.n_prompt_decoded += len(item.tokens)
+                if item.logits:
+                    st.status = RequestStatus.DECODING
+        if self._budget_cap < self.config.n_batch:
+            self._budget_cap = min(self.config.n_batch, self._budget_cap * 2)
+
+    def on_kv_full(self, out: SchedulerOutput) -> List[RequestState]:
+        """The batch did not fit in the KV cache. Shrink the next batch, or fail the lone request."""
+        n = out.n_tokens
+        if n > 1:
+            self._budget_cap = max(1, min(self._budget_cap, n) // 2)
+            return []
+        victims = []
+        for item in out.items:
+            self.fail(item.state, KVCacheFullError(
+                f"the KV cache is full: no room for request {item.state.id} "
+                f"(slot {item.slot.id} holds {len(item.slot.cache)} tokens)", 1))
+            item.slot.cache.clear()
+            victims.append(item.state)
+        return victims
+
+    def slots_info(self) -> List[dict]:
+        return [s.info() for s in self.slots]
