@@ -54,8 +54,15 @@ cdef class Context:
         cp.no_perf = params.no_perf
         cp.abort_callback = _abort_flag_cb
         cp.abort_callback_data = <void *>&self._abort
-        if model.vocab.n_vocab <= 0 or params.n_seq_max > llama_max_parallel_sequences():
+        if params.n_seq_max > llama_max_parallel_sequences():
             raise ValueError(f"n_seq_max must be <= {llama_max_parallel_sequences()}")
+        pooling = params.pooling_type
+        if pooling == -1:
+            pooling = int(model.meta_get(f"{model.architecture}.pooling_type", "0") or 0)
+        if params.embeddings and pooling == 1 and cp.n_ubatch % params.n_seq_max:
+            # llama.cpp aborts the process (GGML_ASSERT in the mean-pooling graph) otherwise
+            raise ContextError(f"mean pooling needs n_ubatch ({cp.n_ubatch}) to be a multiple of "
+                               f"n_seq_max ({params.n_seq_max})")
         with nogil:
             self.ptr = llama_init_from_model(model.ptr, cp)
         if self.ptr == NULL:

@@ -153,3 +153,10 @@ def test_quantize_errors(tmp_path, tiny_model_path):
 def test_unknown_device(tiny_model_path):
     with pytest.raises(ValueError, match="no device"):
         pyllama.Model(tiny_model_path, ModelParams(devices=("NOPE0",)))
+
+
+def test_mean_pooling_with_uneven_ubatch_is_an_error_not_an_abort(tiny_model):
+    # llama.cpp hits a GGML_ASSERT (process abort) for this combination; pyllama refuses it first
+    with pytest.raises(pyllama.ContextError, match="multiple of n_seq_max"):
+        Context(tiny_model, ContextParams(n_ctx=256, n_batch=64, n_ubatch=64, n_seq_max=3, embeddings=True,
+                                          pooling_type="mean"))

@@ -201,7 +201,8 @@ class AsyncEngine:
     async def generate(self, request: Request) -> AsyncIterator[RequestOutput]:
         """Stream a request's outputs. Cancelling (or closing) the iterator aborts the request.
 
-        Raises the request's error (ContextLimitError, ...) instead of yielding it.
+        A request that fails before producing anything raises its error (ContextLimitError, ...);
+        one that fails later ends with an output whose ``error`` is set and finish_reason "error".
         """
         core = self._check_running()
         core.scheduler.validate(RequestState(request, lambda t: b"", lambda t: False))
@@ -210,14 +211,15 @@ class AsyncEngine:
         self._queues[request.id] = q
         self._inbox.put(("add", request, sampler))
         finished = False
+        produced = False
         try:
             while True:
                 out: RequestOutput = await q.get()
                 if out.finished:
                     finished = True
-                    if out.error is not None and out.finish_reason == "error" and not out.token_ids \
-                            and out.embedding is None and not out.text:
-                        raise out.error
+                    if out.error is not None and not produced and not out.token_ids and out.embedding is None:
+                        raise out.error     # failed before producing anything: a plain exception
+                produced = True
                 yield out
                 if finished:
                     return
