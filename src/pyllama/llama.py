@@ -9,12 +9,13 @@ import json
 import logging
 import os
 import time
-import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
+from .chat import (ChatDeltaParser, chat_stops, collect_chat, json_schema_from_response_format, new_id,
+                   sampling_extras, token_logprob_entry)
 from .engine.core import EngineCore
 from .engine.request import Request, RequestKind, RequestOutput, TokenLogprob
 from .engine.runner import LlamaRunner
@@ -24,10 +25,6 @@ from .params import DEFAULT_SEED, ContextParams, ModelParams, SamplingParams
 logger = logging.getLogger("pyllama")
 
 Prompt = Union[str, bytes, Sequence[int]]
-
-
-def _now_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 class Llama:
@@ -257,7 +254,7 @@ class Llama:
             f = finals[st.id]
             if f.error is not None:
                 raise f.error
-            results.append({"id": _now_id("cmpl"), "object": "text_completion", "created": created,
+            results.append({"id": new_id("cmpl"), "object": "text_completion", "created": created,
                             "model": self.model_path,
                             "choices": [{"text": "".join(texts[st.id]), "index": 0, "logprobs": None,
                                          "finish_reason": f.finish_reason}],
@@ -324,7 +321,7 @@ class Llama:
     def _completion_chunks(self, tokens: List[int], prompt: Prompt, sampling: SamplingParams,
                            max_tokens: Optional[int], stops: List[str], echo: bool,
                            logprobs: Optional[int], model: str, ignore_eos: bool) -> Iterator[Dict[str, Any]]:
-        cid = _now_id("cmpl")
+        cid = new_id("cmpl")
         created = int(time.time())
         vocab = self._model.vocab
         offset = 0
@@ -434,78 +431,33 @@ class Llama:
         ignore_eos: bool = False,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
         """An OpenAI-shaped chat completion (tools, response_format, streaming)."""
-        json_schema = None
-        if response_format:
-            rtype = response_format.get("type")
-            if rtype == "json_object":
-                json_schema = response_format.get("schema") or {"type": "object"}
-            elif rtype == "json_schema":
-                js = response_format.get("json_schema") or {}
-                json_schema = js.get("schema", js) if isinstance(js, dict) else None
-                if json_schema is None:
-                    raise ValueError("response_format.json_schema.schema is required")
-            elif rtype not in (None, "text"):
-                raise ValueError(f"unsupported response_format type {rtype!r}")
+        json_schema = json_schema_from_response_format(response_format)
         if json_schema is not None and grammar:
             raise ValueError("use either grammar or response_format, not both")
         rendered = self.apply_chat_template(
             messages, tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
             json_schema=json_schema, grammar=grammar, chat_template_kwargs=chat_template_kwargs,
             reasoning_format=reasoning_format)
-        extra: Dict[str, Any] = {}
-        g = rendered.get("grammar") or None
-        if g:
-            extra["grammar_lazy"] = bool(rendered.get("grammar_lazy"))
-            pats, toks = [], []
-            for t in rendered.get("grammar_triggers", []):
-                kind = t.get("type_name") or ""
-                if kind == "token":
-                    toks.append(int(t["token"]))
-                elif kind == "word":
-                    import re
-                    pats.append(re.escape(t["value"]))
-                elif kind == "pattern_full":
-                    v = t["value"]
-                    pats.append(("" if v.startswith("^") else "^") + v + ("" if v.endswith("$") else "$"))
-                else:
-                    pats.append(t["value"])
-            extra["grammar_trigger_patterns"] = tuple(pats)
-            extra["grammar_trigger_tokens"] = tuple(toks)
-            if rendered.get("grammar_prefill") and not extra["grammar_lazy"]:
-                extra["grammar_prefill"] = tuple(self._generation_prompt_tokens(rendered.get("generation_prompt", "")))
+        extra = sampling_extras(rendered, self._model.vocab)
         sampling = self._sampling(temperature, top_p, min_p, typical_p, top_k, frequency_penalty,
                                   presence_penalty, repeat_penalty, mirostat_mode, mirostat_tau,
-                                  mirostat_eta, seed, g, logit_bias, **extra)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        stops += [s for s in rendered.get("additional_stops", []) if s not in stops]
+                                  mirostat_eta, seed, extra.pop("grammar", None), logit_bias, **extra)
+        stops = chat_stops(stop, rendered)
         tokens = self._prompt_tokens(rendered["prompt"], add_special=True, parse_special=True)
         it = self._chat_chunks(tokens, rendered, sampling, max_tokens, stops, model or self.model_path,
                                ignore_eos, top_logprobs if logprobs else None)
         if stream:
             return it
-        return self._collect_chat(it)
-
-    def _generation_prompt_tokens(self, text: str) -> List[int]:
-        """Tokens of the template's generation prompt, which a chat grammar starts with."""
-        if not text:
-            return []
-        vocab = self._model.vocab
-        toks = vocab.tokenize(text, add_special=False, parse_special=True)
-        if toks and not text[0].isspace():
-            first = vocab.token_to_piece(toks[0], special=True)
-            if first[:1].isspace():
-                toks = toks[1:]
-        return toks
+        return collect_chat(it)
 
     def _chat_chunks(self, tokens: List[int], rendered: Dict[str, Any], sampling: SamplingParams,
                      max_tokens: Optional[int], stops: List[str], model: str, ignore_eos: bool,
                      top_logprobs: Optional[int]) -> Iterator[Dict[str, Any]]:
-        cid = _now_id("chatcmpl")
+        cid = new_id("chatcmpl")
         created = int(time.time())
-        syntax = rendered.get("syntax")
+        parser = ChatDeltaParser(rendered.get("syntax"))
         vocab = self._model.vocab
         text_so_far: List[str] = []
-        sent: Dict[str, Any] = {"content": "", "reasoning_content": "", "n_calls": 0, "args": []}
 
         def chunk(delta: Dict[str, Any], finish: Optional[str] = None, lp: Any = None) -> Dict[str, Any]:
             return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -518,8 +470,8 @@ class Llama:
             text_so_far.append(o.text)
             lp = None
             if top_logprobs is not None and o.logprobs:
-                lp = {"content": [self._chat_logprob(t) for t in o.logprobs]}
-            for delta in self._diff(sent, "".join(text_so_far), syntax, partial=not o.finished):
+                lp = {"content": [token_logprob_entry(vocab, t.token, t.logprob, t.top) for t in o.logprobs]}
+            for delta in parser.feed("".join(text_so_far), partial=not o.finished):
                 yield chunk(delta, None, lp)
                 lp = None
             if lp is not None:
@@ -528,88 +480,12 @@ class Llama:
                 final = o
         assert final is not None
         finish = final.finish_reason
-        if sent["n_calls"] and finish == "stop":
+        if parser.n_calls and finish == "stop":
             finish = "tool_calls"
         last = chunk({}, finish)
         last["usage"] = final.usage
         last["timings"] = final.timings
         yield last
-
-    def _chat_logprob(self, t: TokenLogprob) -> Dict[str, Any]:
-        vocab = self._model.vocab
-        piece = vocab.token_to_piece(t.token, special=False)
-        return {"token": piece.decode("utf-8", "replace"), "logprob": t.logprob, "bytes": list(piece),
-                "top_logprobs": [{"token": vocab.token_to_piece(k, special=False).decode("utf-8", "replace"),
-                                  "logprob": v, "bytes": list(vocab.token_to_piece(k, special=False))}
-                                 for k, v in t.top]}
-
-    @staticmethod
-    def _diff(sent: Dict[str, Any], text: str, syntax: Any, partial: bool) -> Iterator[Dict[str, Any]]:
-        """Parse the text so far and yield OpenAI deltas for what was not sent yet."""
-        if syntax is None:
-            msg = {"content": text, "reasoning_content": "", "tool_calls": []}
-        else:
-            try:
-                msg = _core.chat_parse(text, syntax, is_partial=partial)
-            except ChatTemplateError:
-                if partial:
-                    return
-                msg = {"content": text, "reasoning_content": "", "tool_calls": []}
-        for key in ("reasoning_content", "content"):
-            new = msg.get(key) or ""
-            old = sent[key]
-            if new.startswith(old) and len(new) > len(old):
-                yield {key: new[len(old):]}
-                sent[key] = new
-        calls = msg.get("tool_calls") or []
-        for i, call in enumerate(calls):
-            args = call.get("arguments") or ""
-            if i >= sent["n_calls"]:
-                if not call.get("name"):
-                    break
-                sent["n_calls"] = i + 1
-                sent["args"].append("")
-                yield {"tool_calls": [{"index": i, "id": call.get("id") or _now_id("call"),
-                                       "type": "function",
-                                       "function": {"name": call["name"], "arguments": ""}}]}
-            old = sent["args"][i]
-            if args.startswith(old) and len(args) > len(old):
-                yield {"tool_calls": [{"index": i, "function": {"arguments": args[len(old):]}}]}
-                sent["args"][i] = args
-
-    @staticmethod
-    def _collect_chat(chunks: Iterator[Dict[str, Any]]) -> Dict[str, Any]:
-        content: List[str] = []
-        reasoning: List[str] = []
-        calls: List[Dict[str, Any]] = []
-        lp_content: List[Any] = []
-        last: Dict[str, Any] = {}
-        for c in chunks:
-            last = c
-            ch = c["choices"][0]
-            d = ch["delta"]
-            if d.get("content"):
-                content.append(d["content"])
-            if d.get("reasoning_content"):
-                reasoning.append(d["reasoning_content"])
-            for tc in d.get("tool_calls") or []:
-                i = tc["index"]
-                if i >= len(calls):
-                    calls.append({"id": tc["id"], "type": "function",
-                                  "function": {"name": tc["function"]["name"], "arguments": ""}})
-                calls[i]["function"]["arguments"] += tc["function"].get("arguments", "")
-            if ch.get("logprobs"):
-                lp_content.extend(ch["logprobs"]["content"])
-        message: Dict[str, Any] = {"role": "assistant", "content": "".join(content) if (content or not calls) else None}
-        if reasoning:
-            message["reasoning_content"] = "".join(reasoning)
-        if calls:
-            message["tool_calls"] = calls
-        return {"id": last["id"], "object": "chat.completion", "created": last["created"], "model": last["model"],
-                "choices": [{"index": 0, "message": message,
-                             "logprobs": {"content": lp_content} if lp_content else None,
-                             "finish_reason": last["choices"][0]["finish_reason"]}],
-                "usage": last.get("usage")}
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, input: Union[str, List[str]], normalize: bool = False, truncate: bool = True,

@@ -291,12 +291,12 @@ def _resolve_shape(n_embd: int, n_layer: int, n_head: int, n_head_kv: Optional[i
         raise ValueError(f"n_layer ({n_layer}) exceeds llama.cpp's maximum of 512")
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     if block > 1:
-        bad = [f"{name}={v}" for name, v in (("n_embd", n_embd), ("n_ff", n_ff)) if v % block]
-        if bad:
-            raise ValueError(
-                f"ftype {qtype.name.lower()} quantizes rows in blocks of {block}: "
-                f"{' and '.join(bad)} must be multiple(s) of {block}"
-            )
+        for dim, v in (("n_embd", n_embd), ("n_ff", n_ff)):
+            if v % block:
+                raise ValueError(
+                    f"ftype {qtype.name.lower()} quantizes rows in blocks of {block}: "
+                    f"{dim} ({v}) must be a multiple of {block}"
+                )
     return int(n_head_kv), int(n_ff), head_dim
 
 
@@ -480,7 +480,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m pyllama.testing",
         description="Write a LLaMA GGUF model with seeded random weights and a real llama.cpp vocab.",
     )
-    p.add_argument("out", help="output .gguf path")
+    p.add_argument("out", nargs="?", help="output .gguf path")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model shape (default: tiny)")
     p.add_argument("--ftype", choices=list(FTYPES), default="f32")
     p.add_argument("--vocab", default="llama-spm", help="ggml-vocab-NAME.gguf name or a .gguf path (default: llama-spm)")
@@ -503,6 +503,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for v in available_vocabs(args.vocab_dir):
             print(v)
         return 0
+    if not args.out:
+        p.error("the output path is required")
 
     kw: Dict[str, Any] = dict(PRESETS[args.preset])
     for opt in ("n_embd", "n_layer", "n_head", "n_head_kv", "n_ff", "n_ctx_train"):

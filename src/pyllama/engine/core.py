@@ -124,6 +124,8 @@ class EngineCore:
         m = self.metrics
         m.n_decode_total += 1
         m.n_busy_slots_total += len(out.items)
+        for item in out.items:
+            m.n_tokens_max = max(m.n_tokens_max, len(item.slot.cache) + len(item.tokens))
         m.t_decode_total += t2 - t1
         sched.on_decoded(out)
         now = time.perf_counter()
@@ -141,6 +143,9 @@ class EngineCore:
                 continue
             if not st.t_prompt_done:
                 st.t_prompt_done = now
+                if req.max_tokens == 0:     # evaluate the prompt into the cache, generate nothing
+                    st.finish(RequestStatus.FINISHED_LENGTH)
+                    continue
             try:
                 tok = self.runner.sample(self._samplers[req.id], row)
                 lp = self.runner.logprob(row, tok, req.n_probs) if (req.logprobs or req.n_probs) else None

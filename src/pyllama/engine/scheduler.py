@@ -57,6 +57,7 @@ class SchedulerConfig:
     n_ubatch: int = 512
     context_shift: bool = False
     n_keep: int = 0                 # tokens kept at the start on a context shift
+    slot_prompt_similarity: float = 0.1
 
 
 class Scheduler:
@@ -111,6 +112,8 @@ class Scheduler:
             slot = self.slots[state.slot]
             if slot.state is state:
                 slot.state = None
+                self._clock += 1
+                slot.last_used = self._clock        # LRU counts from the release, as llama-server's
                 if state.request.kind is RequestKind.EMBED:
                     slot.cache = []     # embeddings are not kept for reuse
         try:
@@ -173,6 +176,14 @@ class Scheduler:
             end = start + n
             out.items.append(BatchItem(slot, st, list(prompt[start:end]), start, end == len(prompt), True))
             budget -= n
+        if not out.items and self._budget_cap < self.config.n_batch and self.n_running:
+            # a lowered budget (after KV-full) must not starve an item that needs more: restore it
+            self._budget_cap = self.config.n_batch
+            more = self.schedule()
+            more.finished[:0] = out.finished
+            more.mem_ops[:0] = out.mem_ops
+            more.admitted[:0] = out.admitted
+            return more
         return out
 
     def _admit(self, out: SchedulerOutput) -> None:
@@ -185,8 +196,6 @@ class Scheduler:
             if slot is None:
                 still.append(st)
                 continue
-            self._clock += 1
-            slot.last_used = self._clock
             slot.state = st
             st.slot = slot.id
             req = st.request
@@ -212,7 +221,8 @@ class Scheduler:
             return None
         if req.cache_prompt and req.kind is RequestKind.GENERATE:
             best = max(free, key=lambda s: (common_prefix(s.cache, req.prompt), -s.last_used))
-            if common_prefix(best.cache, req.prompt) > 0:
+            # reuse a cache only when it covers enough of the prompt (llama-server's --slot-prompt-similarity)
+            if common_prefix(best.cache, req.prompt) > self.config.slot_prompt_similarity * len(req.prompt):
                 return best
         return min(free, key=lambda s: s.last_used)
 
@@ -246,7 +256,8 @@ class Scheduler:
     def on_kv_full(self, out: SchedulerOutput) -> List[RequestState]:
         """The batch did not fit in the KV cache. Shrink the next batch, or fail the lone request."""
         n = out.n_tokens
-        if n > 1:
+        lone_embed = len(out.items) == 1 and out.items[0].state.request.kind is RequestKind.EMBED
+        if n > 1 and not lone_embed:
             self._budget_cap = max(1, min(self._budget_cap, n) // 2)
             return []
         victims = []

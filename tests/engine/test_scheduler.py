@@ -1,0 +1,852 @@
+"""EngineCore + Scheduler against a deterministic fake runner (no llama model: fast).
+
+The fake runner models the KV cache of every sequence (positions and tokens), applies the
+engine's memory ops to it, and checks on every decode that the engine's view of a slot
+(``slot.cache``) matches what the "KV cache" really holds and that positions are contiguous.
+Sampling is a pure function of the sequence's KV contents (like a real greedy model), so the
+expected tokens of a request can be computed independently of the engine (``reference``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+
+import pytest
+
+from pyllama import ContextLimitError, DecodeError, KVCacheFullError
+from pyllama.engine import EngineCore, MemOp, Request, RequestKind, RequestOutput, TokenLogprob
+
+EOG = 2
+UTF8_HEAD, UTF8_TAIL = 200, 201       # the two bytes of "é", one per token
+EOG_PIECE = b""
+
+
+def piece(t: int) -> bytes:
+    if t == EOG:
+        return EOG_PIECE
+    if t == UTF8_HEAD:
+        return b"\xc3"
+    if t == UTF8_TAIL:
+        return b"\xa9"
+    return f"<{t}>".encode()
+
+
+def next_token(ctx: Sequence[int]) -> int:
+    """The fake model: the next token is a hash of the whole context (10..49, never EOG)."""
+    h = 7
+    for t in ctx:
+        h = (h * 31 + t) % 1_000_003
+    return 10 + h % 40
+
+
+def reference(prompt: Sequence[int], n: int) -> List[int]:
+    """What a request generates alone, from an empty cache, for n tokens (no shift)."""
+    ctx, out = list(prompt), []
+    for _ in range(n):
+        t = next_token(ctx)
+        out.append(t)
+        ctx.append(t)
+    return out
+
+
+def detok(tokens: Sequence[int]) -> str:
+    return b"".join(piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+
+class Rec(NamedTuple):
+    slot: int
+    tokens: tuple
+    pos0: int
+    logits: bool
+    rid: str
+    prefill: bool
+
+
+class FakeSampler:
+    def __init__(self, request: Request, script: Sequence[int]):
+        self.request = request
+        self.script = list(script)
+
+
+class FakeRunner:
+    def __init__(self, n_slots: int = 2, n_ctx_slot: int = 64, n_batch: int = 8, n_ubatch: Optional[int] = None,
+                 scripts: Optional[Dict[str, Sequence[int]]] = None, kv_full_over: Optional[int] = None,
+                 fail_hook: Optional[Callable[[list, int], Optional[BaseException]]] = None):
+        self.n_slots = n_slots
+        self.n_ctx_slot = n_ctx_slot
+        self.n_batch = n_batch
+        self.n_ubatch = n_ubatch if n_ubatch is not None else n_batch
+        self.scripts = dict(scripts or {})
+        self.kv_full_over = kv_full_over
+        self.fail_hook = fail_hook
+        self.kv: Dict[int, List[List[int]]] = {i: [] for i in range(n_slots)}   # seq -> [[pos, tok], ...]
+        self.attempts: List[List[Rec]] = []    # every decode call
+        self.batches: List[List[Rec]] = []     # the successful ones
+        self.ops: List[MemOp] = []
+        self.rows: List[tuple] = []
+        self.live_samplers: set = set()
+        self.n_new_sampler = 0
+        self.n_free_sampler = 0
+        self.logprob_calls: List[tuple] = []
+        self.embedding_calls: List[tuple] = []
+
+    # -- vocab --
+    def piece(self, token: int) -> bytes:
+        return piece(token)
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOG
+
+    # -- samplers --
+    def new_sampler(self, request: Request) -> FakeSampler:
+        s = FakeSampler(request, self.scripts.get(request.id, ()))
+        self.n_new_sampler += 1
+        self.live_samplers.add(id(s))
+        return s
+
+    def free_sampler(self, sampler: FakeSampler) -> None:
+        assert id(sampler) in self.live_samplers, "sampler freed twice or unknown"
+        self.live_samplers.discard(id(sampler))
+        self.n_free_sampler += 1
+
+    # -- memory --
+    def apply(self, op: MemOp) -> None:
+        self.ops.append(op)
+        kv = self.kv[op.seq]
+        lo = 0 if op.p0 < 0 else op.p0
+        hi = float("inf") if op.p1 < 0 else op.p1
+        if op.op == "rm":
+            kv[:] = [e for e in kv if not (lo <= e[0] < hi)]
+        elif op.op == "shift":
+            for e in kv:
+                if lo <= e[0] < hi:
+                    e[0] += op.delta
+            kv.sort()
+        else:
+            raise AssertionError(f"unknown op {op.op}")
+
+    def kv_tokens(self, seq: int) -> List[int]:
+        return [t for _, t in self.kv[seq]]
+
+    # -- compute --
+    def decode(self, items) -> List[int]:
+        rec = [Rec(it.slot.id, tuple(it.tokens), it.pos0, it.logits, it.state.id, it.prefill) for it in items]
+        self.attempts.append(rec)
+        n = sum(len(r.tokens) for r in rec)
+        assert 0 < n <= self.n_batch, f"batch of {n} tokens (n_batch {self.n_batch})"
+        assert len({r.slot for r in rec}) == len(rec), "a slot appears twice in one batch"
+        if self.kv_full_over is not None and n > self.kv_full_over:
+            raise KVCacheFullError(f"no KV slot for {n} tokens", 1)
+        if self.fail_hook is not None:
+            e = self.fail_hook(rec, len(self.attempts) - 1)
+            if e is not None:
+                raise e
+        # the engine's view of each slot must match the KV cache, positions contiguous
+        for it in items:
+            kv = self.kv[it.slot.id]
+            assert [p for p, _ in kv] == list(range(len(kv))), f"holes in seq {it.slot.id}: {kv}"
+            assert self.kv_tokens(it.slot.id) == list(it.slot.cache), f"slot {it.slot.id} cache != KV"
+            assert it.pos0 == len(kv), f"pos0 {it.pos0} but seq {it.slot.id} holds {len(kv)}"
+            assert len(kv) + len(it.tokens) <= self.n_ctx_slot, "slot context overflow"
+        self.rows = []
+        rows = []
+        for it in items:
+            self.kv[it.slot.id].extend([it.pos0 + i, t] for i, t in enumerate(it.tokens))
+            if it.logits:
+                rows.append(len(self.rows))
+                self.rows.append((it.slot.id, tuple(self.kv_tokens(it.slot.id))))
+            else:
+                rows.append(-1)
+        self.batches.append(rec)
+        return rows
+
+    def sample(self, sampler: FakeSampler, row: int) -> int:
+        assert 0 <= row < len(self.rows), f"no logits at row {row}"
+        _, ctx = self.rows[row]
+        if sampler.script:
+            return sampler.script.pop(0)
+        return next_token(ctx)
+
+    def logprob(self, row: int, token: int, n_top: int) -> TokenLogprob:
+        self.logprob_calls.append((row, token, n_top))
+        top = [(token + i, -0.1 * (i + 1)) for i in range(n_top)]
+        return TokenLogprob(token, -token / 100.0, top)
+
+    def embedding(self, item, row: int, pooled: bool):
+        ctx = self.kv_tokens(item.slot.id)
+        self.embedding_calls.append((item.state.id, row, pooled, tuple(item.tokens)))
+        if pooled:
+            return [float(len(ctx)), float(sum(ctx))]
+        return [[float(t)] for t in ctx]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def make(**kw):
+    core_kw = {k: kw.pop(k) for k in ("context_shift", "n_keep") if k in kw}
+    r = FakeRunner(**kw)
+    return EngineCore(r, **core_kw), r
+
+
+def gen(prompt, rid, **kw) -> Request:
+    kw.setdefault("max_tokens", 4)
+    return Request(prompt=tuple(prompt), id=rid, **kw)
+
+
+class Result:
+    def __init__(self, outs: List[RequestOutput]):
+        self.outs = outs
+        assert sum(o.finished for o in outs) == 1, "exactly one final output"
+        assert outs[-1].finished, "the final output is the last one"
+        self.final = outs[-1]
+        self.text = "".join(o.text for o in outs)
+        self.tokens = [t for o in outs for t in o.token_ids]
+        self.logprobs = [lp for o in outs for lp in o.logprobs]
+
+
+def run(core: EngineCore, max_steps: int = 2000, seen: Optional[List[RequestOutput]] = None) -> Dict[str, Result]:
+    """Step until idle; ``seen`` are outputs already taken from earlier manual steps."""
+    by: Dict[str, List[RequestOutput]] = {}
+    for o in seen or ():
+        by.setdefault(o.request_id, []).append(o)
+    steps = 0
+    while core.has_work():
+        steps += 1
+        assert steps <= max_steps, "the engine does not make progress"
+        for o in core.step():
+            by.setdefault(o.request_id, []).append(o)
+    return {k: Result(v) for k, v in by.items()}
+
+
+def items_of(batches, rid):
+    return [(i, r) for i, b in enumerate(batches) for r in b if r.rid == rid]
+
+
+def check_no_leaks(core: EngineCore, r: FakeRunner):
+    assert not core.has_work()
+    assert r.n_new_sampler == r.n_free_sampler and not r.live_samplers
+    assert not core._samplers
+
+
+P1 = (1, 5, 6, 7, 8, 9)
+P2 = (3, 11, 12, 13)
+P3 = (4, 21, 22, 23, 24)
+P4 = (6, 31, 32)
+
+
+# ---------------------------------------------------------------------------- basics
+
+def test_single_request_matches_reference_and_reports_usage():
+    core, r = make(n_slots=1)
+    core.add(gen(P1, "a", max_tokens=5))
+    res = run(core)["a"]
+    exp = reference(P1, 5)
+    assert res.tokens == exp
+    assert res.text == detok(exp)
+    f = res.final
+    assert f.finish_reason == "length" and f.error is None and f.stop_word is None
+    assert f.usage == {"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11,
+                       "prompt_tokens_details": {"cached_tokens": 0}}
+    assert f.timings["prompt_n"] == 6 and f.timings["predicted_n"] == 5 and f.timings["cache_n"] == 0
+    assert f.id_slot == 0
+    # one prefill batch with logits, then one token per step; the last sampled token is never decoded
+    assert r.batches[0] == [Rec(0, P1, 0, True, "a", True)]
+    assert [b[0].tokens for b in r.batches[1:]] == [(t,) for t in exp[:-1]]
+    assert [b[0].pos0 for b in r.batches[1:]] == [6, 7, 8, 9]
+    assert r.ops == [MemOp("rm", 0, 0, -1)]
+    check_no_leaks(core, r)
+
+
+def test_streaming_deltas_text_equals_detokenized_tokens_utf8_split():
+    script = [11, UTF8_HEAD, UTF8_TAIL, 12, UTF8_HEAD, UTF8_TAIL]
+    core, r = make(n_slots=1, scripts={"a": script})
+    core.add(gen(P1, "a", max_tokens=6))
+    res = run(core)["a"]
+    assert res.tokens == script
+    assert res.text == "<11>é<12>é" == detok(script)
+    # one delta per step; the lone lead byte produces no text until its continuation arrives
+    texts = [o.text for o in res.outs]
+    assert texts[:3] == ["<11>", "", "é"]
+    assert all(len(o.token_ids) == 1 for o in res.outs)
+    assert res.final.usage["completion_tokens"] == 6
+
+
+# ---------------------------------------------------------------------------- admission
+
+def test_admission_fifo_slot_limit_and_deferred_metric():
+    core, r = make(n_slots=2, n_batch=16)
+    reqs = [gen(P1, "a", max_tokens=2), gen(P2, "b", max_tokens=6), gen(P3, "c", max_tokens=3),
+            gen(P4, "d", max_tokens=3)]
+    for q in reqs:
+        core.add(q)
+    m = core.metrics_dict()
+    assert m["requests_deferred"] == 4 and m["requests_processing"] == 0
+    seen = core.step()
+    m = core.metrics_dict()
+    assert m["requests_deferred"] == 2 and m["requests_processing"] == 2
+    busy = {s["id_task"] for s in core.slots() if s["is_processing"]}
+    assert busy == {"a", "b"}
+    outs = core.step()                      # a reaches max_tokens=2 here
+    seen += outs
+    assert any(o.request_id == "a" and o.finished for o in outs)
+    assert core.metrics_dict()["requests_deferred"] == 2
+    seen += core.step()                     # c (first in line) takes a's slot, d still waits
+    assert core.metrics_dict()["requests_deferred"] == 1
+    assert {s["id_task"] for s in core.slots() if s["is_processing"]} == {"b", "c"}
+    res = run(core, seen=seen)
+    # first decode of each request, in FIFO order
+    first = {rid: items_of(r.batches, rid)[0][0] for rid in "abcd"}
+    assert first["a"] == first["b"] < first["c"] < first["d"]
+    assert max(len(b) for b in r.batches) <= 2
+    for q in reqs:
+        assert res[q.id].tokens == reference(q.prompt, q.max_tokens)
+    assert res["c"].final.id_slot == res["a"].final.id_slot
+    assert core.metrics_dict()["requests_deferred"] == 0
+    check_no_leaks(core, r)
+
+
+# ---------------------------------------------------------------------------- prefix reuse
+
+def test_prefix_reuse_goes_to_matching_slot_and_decodes_only_new_part():
+    core, r = make(n_slots=2)
+    core.add(gen(P1, "a", max_tokens=3))
+    ra = run(core)["a"]
+    assert ra.final.id_slot == 0
+    cache0 = list(P1) + ra.tokens[:2]
+    assert core.scheduler.slots[0].cache == cache0
+    n_ops = len(r.ops)
+    nb = len(r.batches)
+    # slot 1 is less recently used, but slot 0 holds a 4-token common prefix
+    pb = P1[:4] + (40, 41, 42)
+    core.add(gen(pb, "b", max_tokens=3))
+    rb = run(core)["b"]
+    assert rb.final.id_slot == 0
+    assert r.batches[nb] == [Rec(0, (40, 41, 42), 4, True, "b", True)]
+    assert r.ops[n_ops:] == [MemOp("rm", 0, 4, -1)]
+    assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == 4
+    assert rb.final.timings["cache_n"] == 4 and rb.final.timings["prompt_n"] == 3
+    assert rb.tokens == reference(pb, 3)        # the reused KV gives the same result
+    check_no_leaks(core, r)
+
+
+def test_prefix_reuse_of_whole_cache_needs_no_rm():
+    core, r = make(n_slots=1)
+    core.add(gen(P1, "a", max_tokens=3))
+    ra = run(core)["a"]
+    cache = list(P1) + ra.tokens[:2]
+    pb = tuple(cache) + (44,)
+    n_ops, nb = len(r.ops), len(r.batches)
+    core.add(gen(pb, "b", max_tokens=2))
+    rb = run(core)["b"]
+    assert r.ops[n_ops:] == []
+    assert r.batches[nb] == [Rec(0, (44,), len(cache), True, "b", True)]
+    assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == len(cache)
+    assert rb.tokens == reference(pb, 2)
+
+
+def test_identical_prompt_still_decodes_its_last_token():
+    core, r = make(n_slots=2)
+    core.add(gen(P1, "a", max_tokens=3))
+    ra = run(core)["a"]
+    nb = len(r.batches)
+    core.add(gen(P1, "b", max_tokens=3))
+    rb = run(core)["b"]
+    assert rb.final.id_slot == ra.final.id_slot == 0
+    assert r.batches[nb] == [Rec(0, (P1[-1],), len(P1) - 1, True, "b", True)]
+    assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == len(P1) - 1
+    assert rb.final.timings["cache_n"] == len(P1) - 1 and rb.final.timings["prompt_n"] == 1
+    assert rb.tokens == ra.tokens
+
+
+def test_cache_prompt_false_decodes_everything():
+    core, r = make(n_slots=1)
+    core.add(gen(P1, "a", max_tokens=3))
+    ra = run(core)["a"]
+    n_ops, nb = len(r.ops), len(r.batches)
+    core.add(gen(P1, "b", max_tokens=3, cache_prompt=False))
+    rb = run(core)["b"]
+    assert r.ops[n_ops:] == [MemOp("rm", 0, 0, -1)]
+    assert r.batches[nb] == [Rec(0, P1, 0, True, "b", True)]
+    assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert rb.final.timings["prompt_n"] == len(P1)
+    assert rb.tokens == ra.tokens
+
+
+def test_lru_slot_when_no_prefix_matches():
+    core, r = make(n_slots=3)
+    for rid, p in (("a", P1), ("b", P2), ("c", P3)):     # one after another: slots 0, 1, 2
+        core.add(gen(p, rid, max_tokens=2))
+        assert run(core)[rid].final.id_slot == "abc".index(rid)
+    core.add(gen(P4, "d", max_tokens=2))                 # no prefix anywhere: slot 0 is the LRU
+    assert run(core)["d"].final.id_slot == 0
+    core.add(gen((9, 9, 9), "e", max_tokens=2))          # now slot 1 is the LRU
+    assert run(core)["e"].final.id_slot == 1
+    core.add(gen(P3 + (77,), "f", max_tokens=2))         # prefix of c wins over LRU (slot 2)
+    rf = run(core)["f"]
+    assert rf.final.id_slot == 2
+    assert rf.final.usage["prompt_tokens_details"]["cached_tokens"] == len(P3)
+    check_no_leaks(core, r)
+
+
+def test_lru_counts_from_when_the_slot_was_released():
+    core, r = make(n_slots=2, n_batch=16)
+    core.add(gen(P1, "a", max_tokens=8))      # slot 0, admitted first, finishes last
+    core.add(gen(P2, "b", max_tokens=2))      # slot 1, admitted second, finishes first
+    res = run(core)
+    assert items_of(r.batches, "b")[-1][0] < items_of(r.batches, "a")[-1][0]
+    assert (res["a"].final.id_slot, res["b"].final.id_slot) == (0, 1)
+    core.add(gen(P4, "c", max_tokens=1))      # no prefix anywhere: slot 1 has been idle longest
+    assert run(core)["c"].final.id_slot == 1
+
+
+def test_id_slot_pins_the_slot_and_waits_for_it():
+    core, r = make(n_slots=3)
+    core.add(gen(P1, "a", max_tokens=2))
+    run(core)
+    # slot 0 holds P1, yet the request pinned to slot 2 goes there and decodes everything
+    core.add(gen(P1, "b", max_tokens=6, id_slot=2))
+    seen = core.step()
+    assert core.slots()[2]["id_task"] == "b"
+    # another request pinned to the busy slot 2 waits, an unpinned one behind it is not blocked
+    core.add(gen(P2, "c", max_tokens=2, id_slot=2))
+    core.add(gen(P3, "d", max_tokens=2))
+    seen += core.step()
+    assert core.metrics_dict()["requests_deferred"] == 1
+    assert core.slots()[2]["id_task"] == "b"
+    assert "d" in {s["id_task"] for s in core.slots()}
+    res = run(core, seen=seen)
+    assert res["b"].final.id_slot == 2 and res["b"].final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert res["c"].final.id_slot == 2
+    assert items_of(r.batches, "c")[0][0] > items_of(r.batches, "b")[-1][0]
+    for rid, p, n in (("b", P1, 6), ("c", P2, 2), ("d", P3, 2)):
+        assert res[rid].tokens == reference(p, n)
+
+
+# ---------------------------------------------------------------------------- chunked prefill
+
+def test_long_prompt_is_chunked_alone():
+    core, r = make(n_slots=1, n_batch=4, n_ctx_slot=32)
+    p = tuple(range(50, 60))
+    core.add(gen(p, "a", max_tokens=2))
+    res = run(core)["a"]
+    pre = [rec for b in r.batches for rec in b if rec.prefill]
+    assert [rec.tokens for rec in pre] == [p[0:4], p[4:8], p[8:10]]
+    assert [rec.pos0 for rec in pre] == [0, 4, 8]
+    assert [rec.logits for rec in pre] == [False, False, True]
+    assert res.tokens == reference(p, 2)
+    assert res.final.timings["prompt_n"] == 10
+
+
+def test_chunked_prefill_never_stalls_decoding_slots():
+    core, r = make(n_slots=3, n_batch=4, n_ctx_slot=64)
+    core.add(gen((1, 2), "a", max_tokens=14))
+    core.add(gen((3, 4), "b", max_tokens=14))
+    seen = core.step() + core.step()            # both prompts in one batch, then a decode step
+    long_p = tuple(range(100, 113))              # 13 tokens
+    core.add(gen(long_p, "c", max_tokens=3))
+    res = run(core, seen=seen)
+    c_batches = [b for b in r.batches if any(x.rid == "c" and x.prefill for x in b)]
+    # while c's prompt is read, a and b get exactly one token each in every batch, and come first
+    for b in c_batches:
+        assert sum(len(x.tokens) for x in b) <= 4
+        assert [x.rid for x in b] == ["a", "b", "c"]
+        assert [len(x.tokens) for x in b[:2]] == [1, 1]
+        assert not b[0].prefill and not b[1].prefill and b[2].prefill
+    chunks = [x for b in c_batches for x in b if x.rid == "c"]
+    assert all(len(x.tokens) <= 2 for x in chunks)
+    assert sum((x.tokens for x in chunks), ()) == long_p
+    assert [x.logits for x in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert len(chunks) == 7                      # 13 tokens, 2 per step
+    # a's decode items are in consecutive batches: never skipped
+    ia = [i for i, _ in items_of(r.batches, "a")]
+    assert ia == list(range(ia[0], ia[0] + len(ia)))
+    for rid, p, n in (("a", (1, 2), 14), ("b", (3, 4), 14), ("c", long_p, 3)):
+        assert res[rid].tokens == reference(p, n)
+
+
+def test_two_prompts_chunked_oldest_admission_first():
+    core, r = make(n_slots=2, n_batch=4)
+    p1, p2 = tuple(range(60, 66)), tuple(range(70, 75))
+    core.add(gen(p1, "a", max_tokens=2))
+    core.add(gen(p2, "b", max_tokens=2))
+    res = run(core)
+    assert r.batches[0] == [Rec(0, p1[:4], 0, False, "a", True)]
+    assert r.batches[1] == [Rec(0, p1[4:], 4, True, "a", True), Rec(1, p2[:2], 0, False, "b", True)]
+    assert res["a"].tokens == reference(p1, 2) and res["b"].tokens == reference(p2, 2)
+
+
+# ---------------------------------------------------------------------------- finish reasons
+
+def test_eog_stops_and_is_not_in_the_text():
+    core, r = make(n_slots=1, scripts={"a": [11, 12, EOG, 13]})
+    core.add(gen(P1, "a", max_tokens=10))
+    res = run(core)["a"]
+    assert res.final.finish_reason == "stop" and res.final.stop_word is None
+    assert res.tokens == [11, 12]
+    assert res.text == "<11><12>"
+    assert res.final.usage["completion_tokens"] == 3       # the EOG token was generated
+    assert len(r.batches) == 3                              # prompt, 11, 12: EOG never decoded
+
+
+def test_ignore_eos_keeps_going():
+    core, r = make(n_slots=1, scripts={"a": [11, 12, EOG, 13]})
+    core.add(gen(P1, "a", max_tokens=5, ignore_eos=True))
+    res = run(core)["a"]
+    assert res.final.finish_reason == "length"
+    assert res.tokens[:4] == [11, 12, EOG, 13] and len(res.tokens) == 5
+    assert res.text == detok(res.tokens)
+
+
+def test_stop_string_across_token_boundary():
+    core, r = make(n_slots=1, scripts={"a": [11, 12, 13, 14]})
+    core.add(gen(P1, "a", max_tokens=10, stop=("><12", "nope")))
+    res = run(core)["a"]
+    assert res.final.finish_reason == "stop"
+    assert res.final.stop_word == "><12"
+    assert res.text == "<11"                     # cut before the stop; the held ">" is dropped
+    assert res.tokens == [11, 12]
+    assert res.outs[0].text == "<11"             # ">" held back as a possible stop prefix
+    assert len(r.batches) == 2
+
+
+def test_held_stop_prefix_is_released_at_length():
+    core, r = make(n_slots=1, scripts={"a": [11, 12]})
+    core.add(gen(P1, "a", max_tokens=2, stop=("2>!",)))
+    res = run(core)["a"]
+    assert res.final.finish_reason == "length" and res.final.stop_word is None
+    assert res.text == "<11><12>"
+
+
+def test_context_full_finishes_with_length():
+    core, r = make(n_slots=1, n_ctx_slot=8)
+    p = (1, 2, 3, 4, 5)
+    core.add(gen(p, "a", max_tokens=-1))
+    res = run(core)["a"]
+    assert res.final.finish_reason == "length"
+    assert res.tokens == reference(p, 8 - 5 + 1)            # the slot ends full (8 positions)
+    assert len(core.scheduler.slots[0].cache) == 8
+    assert max(x.pos0 + len(x.tokens) for b in r.batches for x in b) == 8
+    assert not [op for op in r.ops if op.op == "shift"]
+
+
+def test_context_shift_continues_with_rm_and_shift_ops():
+    core, r = make(n_slots=1, n_ctx_slot=8, context_shift=True, n_keep=1)
+    p = (1, 2, 3, 4, 5)
+    core.add(gen(p, "a", max_tokens=12))
+    res = run(core)["a"]
+    assert res.final.finish_reason == "length"
+    assert len(res.tokens) == 12
+    shifts = [(i, op) for i, op in enumerate(r.ops) if op.op == "shift"]
+    assert shifts
+    i, op = shifts[0]
+    # full at 8 tokens: keep 1, discard (8 - 1) // 2 = 3
+    assert r.ops[i - 1] == MemOp("rm", 0, 1, 4)
+    assert op == MemOp("shift", 0, 4, -1, -3)
+    # expected tokens: the same fake model over a context that drops the same tokens
+    ctx, exp = list(p), []
+    while len(exp) < 12:
+        t = next_token(ctx)
+        exp.append(t)
+        if len(exp) == 12:
+            break
+        if len(ctx) >= 8:
+            del ctx[1:1 + (len(ctx) - 1) // 2]
+        ctx.append(t)
+    assert res.tokens == exp
+
+
+# ---------------------------------------------------------------------------- abort
+
+def test_abort_waiting_request():
+    core, r = make(n_slots=1)
+    core.add(gen(P1, "a", max_tokens=4))
+    core.add(gen(P2, "b", max_tokens=4))
+    seen = core.step()
+    assert core.abort("b") is True
+    assert core.abort("b") is False              # already aborted
+    assert core.abort("nope") is False
+    outs = core.step()
+    fb = [o for o in outs if o.request_id == "b"]
+    assert len(fb) == 1 and fb[0].finished and fb[0].finish_reason == "abort"
+    assert fb[0].usage["completion_tokens"] == 0 and fb[0].token_ids == []
+    res = run(core, seen=seen + outs)
+    assert res["a"].tokens == reference(P1, 4)
+    assert not items_of(r.attempts, "b")         # never decoded
+    assert core.abort("a") is False              # finished
+    check_no_leaks(core, r)
+
+
+def test_abort_running_request_frees_slot_others_unaffected():
+    def scenario(with_x: bool):
+        core, r = make(n_slots=2, n_batch=8)
+        core.add(gen(P1, "a", max_tokens=8))
+        if with_x:
+            core.add(gen(P2, "x", max_tokens=20))
+        outs = [core.step() for _ in range(3)]
+        if with_x:
+            core.add(gen(P3, "c", max_tokens=4))   # waits for a slot
+            assert core.metrics_dict()["requests_deferred"] == 1
+            assert core.abort("x") is True
+            assert core.slots()[1]["id_task"] == "x"     # freed only at the next step
+            step = core.step()
+            fx = [o for o in step if o.request_id == "x"]
+            assert len(fx) == 1 and fx[0].finish_reason == "abort" and fx[0].finished
+            assert core.slots()[1]["id_task"] == "c"     # the freed slot is taken in that same step
+            outs.append(step)
+        else:
+            core.add(gen(P3, "c", max_tokens=4))
+        flat = [o for s in outs for o in s]
+        res = run(core)
+        a = [o for o in flat if o.request_id == "a"] + res["a"].outs
+        c = [o for o in flat if o.request_id == "c"] + res["c"].outs
+        return core, r, Result(a), Result(c)
+
+    core, r, a1, c1 = scenario(True)
+    _, _, a0, c0 = scenario(False)
+    assert a1.tokens == a0.tokens == reference(P1, 8)
+    assert a1.text == a0.text
+    assert c1.tokens == c0.tokens == reference(P3, 4)
+    xi = [i for i, _ in items_of(r.batches, "x")]
+    assert len(xi) == 3                          # decoded in the 3 steps before the abort only
+    check_no_leaks(core, r)
+
+
+# ---------------------------------------------------------------------------- KV cache full
+
+def _three(core):
+    reqs = [gen(P1, "a", max_tokens=6), gen(P2, "b", max_tokens=7), gen(P3, "c", max_tokens=5)]
+    for q in reqs:
+        core.add(q)
+    return reqs
+
+
+def test_kv_full_retries_with_smaller_batches():
+    core, r = make(n_slots=3, n_batch=8, kv_full_over=3)
+    reqs = _three(core)
+    res = run(core)
+    assert any(sum(len(x.tokens) for x in b) > 3 for b in r.attempts)   # it did hit the limit
+    assert all(sum(len(x.tokens) for x in b) <= 3 for b in r.batches)
+    for q in reqs:
+        assert res[q.id].final.finish_reason == "length" and res[q.id].final.error is None
+        assert res[q.id].tokens == reference(q.prompt, q.max_tokens)
+        assert res[q.id].final.timings["prompt_n"] == len(q.prompt)
+    m = core.metrics_dict()
+    assert m["n_requests_failed"] == 0
+    assert m["n_decode_total"] == len(r.batches) < len(r.attempts)
+    check_no_leaks(core, r)
+
+
+def test_kv_full_on_a_single_token_fails_only_that_request():
+    def hook(rec, i):
+        if any(x.rid == "b" for x in rec):
+            return KVCacheFullError("no room for b", 1)
+        return None
+
+    core, r = make(n_slots=3, n_batch=8, fail_hook=hook)
+    reqs = _three(core)
+    res = run(core)
+    fb = res["b"].final
+    assert fb.finish_reason == "error"
+    assert isinstance(fb.error, KVCacheFullError)
+    assert not items_of(r.batches, "b")
+    # the batch was halved down to b's first prompt token alone before b was failed
+    assert [b for b in r.attempts if any(x.rid == "b" for x in b)][-1] == [Rec(1, P2[:1], 0, False, "b", True)]
+    assert MemOp("rm", 1, 0, -1) in r.ops[3:]
+    assert core.scheduler.slots[1].cache == []
+    for q in (reqs[0], reqs[2]):
+        assert res[q.id].final.finish_reason == "length"
+        assert res[q.id].tokens == reference(q.prompt, q.max_tokens)
+    assert core.metrics_dict()["n_requests_failed"] == 1
+    # the failed slot is usable again
+    r.fail_hook = None
+    core.add(gen(P2, "b2", max_tokens=3, id_slot=1))
+    assert run(core)["b2"].tokens == reference(P2, 3)
+    check_no_leaks(core, r)
+
+
+def test_kv_full_transient_on_embedding_does_not_hang():
+    def hook(rec, i):
+        return KVCacheFullError("transient", 1) if i == 0 else None
+
+    core, r = make(n_slots=1, n_batch=8, fail_hook=hook)
+    core.add(Request(prompt=(5, 6, 7, 8), id="e", kind=RequestKind.EMBED))
+    steps, final = 0, None
+    while core.has_work() and steps < 50:
+        steps += 1
+        for o in core.step():
+            if o.finished:
+                final = o
+    assert final is not None, f"no final output after {steps} steps ({len(r.attempts)} decode attempts)"
+
+
+def test_decode_error_fails_the_batch_later_requests_work():
+    def hook(rec, i):
+        return DecodeError("boom", -3) if i == 1 else None
+
+    core, r = make(n_slots=2, n_batch=8, fail_hook=hook)
+    core.add(gen(P1, "a", max_tokens=5))
+    core.add(gen(P2, "b", max_tokens=5))
+    core.add(gen(P3, "c", max_tokens=4))
+    res = run(core)
+    for rid in "ab":
+        f = res[rid].final
+        assert f.finish_reason == "error" and isinstance(f.error, DecodeError) and str(f.error) == "boom"
+    # batch 0: a's whole prompt + b's first chunk; batch 1 (fails): a's decode token + b's last chunk
+    assert [(x.rid, x.prefill) for x in r.attempts[1]] == [("a", False), ("b", True)]
+    assert res["a"].tokens == reference(P1, 1) and res["b"].tokens == []
+    assert res["a"].final.usage["completion_tokens"] == 1
+    assert r.ops[2:4] == [MemOp("rm", 0, 0, -1), MemOp("rm", 1, 0, -1)]   # after the 2 admissions
+    assert res["c"].final.finish_reason == "length"
+    assert res["c"].tokens == reference(P3, 4)
+    # a request reusing a failed slot works too (the fake checks its KV is consistent)
+    core.add(gen(P1, "d", max_tokens=3))
+    rd = run(core)["d"]
+    assert rd.tokens == reference(P1, 3) and rd.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    m = core.metrics_dict()
+    assert m["n_requests_failed"] == 2 and m["n_decode_total"] == len(r.batches)
+    check_no_leaks(core, r)
+
+
+# ---------------------------------------------------------------------------- validation
+
+def test_validation():
+    core, r = make(n_slots=2, n_ctx_slot=16)
+    with pytest.raises(ContextLimitError) as ei:
+        core.add(gen(range(100, 120), "big"))
+    msg = str(ei.value)
+    assert "20" in msg and "16" in msg
+    assert ei.value.n_tokens == 20 and ei.value.n_ctx == 16
+    assert isinstance(ei.value, ValueError)
+    with pytest.raises(ContextLimitError):
+        core.add(gen(range(100, 116), "eq"))       # == n_ctx_slot: no room to generate
+    core.add(gen(range(100, 115), "ok", max_tokens=1))
+    with pytest.raises(ValueError):
+        Request(prompt=())
+    with pytest.raises(ValueError):
+        core.add(gen(P1, "slot", id_slot=2))
+    with pytest.raises(ValueError, match="duplicate"):
+        core.add(gen(P1, "ok"))
+    assert r.n_new_sampler - r.n_free_sampler == 1    # only "ok" holds a sampler
+    assert core.metrics_dict()["requests_deferred"] == 1
+    res = run(core)
+    assert list(res) == ["ok"]
+    check_no_leaks(core, r)
+
+
+def test_embedding_input_over_ubatch_is_rejected():
+    core, r = make(n_slots=1, n_batch=8, n_ubatch=4, n_ctx_slot=32)
+    with pytest.raises(ContextLimitError) as ei:
+        core.add(Request(prompt=(1, 2, 3, 4, 5), kind=RequestKind.EMBED))
+    assert "5" in str(ei.value) and "4" in str(ei.value)
+
+
+# ---------------------------------------------------------------------------- outputs, metrics
+
+def test_metrics_add_up():
+    core, r = make(n_slots=2, n_batch=6)
+    reqs = [gen(P1, "a", max_tokens=3), gen(P2, "b", max_tokens=5), gen(P1 + (90,), "d", max_tokens=2),
+            gen(P3, "c", max_tokens=4)]
+    for q in reqs:
+        core.add(q)
+    res = run(core)
+    for q in reqs:
+        o = res[q.id]
+        assert o.tokens == reference(q.prompt, q.max_tokens)
+        assert o.text == detok(o.tokens)
+        u = o.final.usage
+        assert u["prompt_tokens"] == len(q.prompt) and u["completion_tokens"] == q.max_tokens
+        assert u["total_tokens"] == len(q.prompt) + q.max_tokens
+        assert o.final.timings["predicted_n"] == q.max_tokens
+        assert o.final.timings["prompt_n"] + o.final.timings["cache_n"] == len(q.prompt)
+    m = core.metrics_dict()
+    assert m["n_decode_total"] == len(r.batches)
+    assert m["n_busy_slots_total"] == sum(len(b) for b in r.batches)
+    assert m["n_tokens_predicted_total"] == sum(q.max_tokens for q in reqs)
+    assert m["n_prompt_tokens_processed_total"] == sum(res[q.id].final.timings["prompt_n"] for q in reqs)
+    # every prompt token decoded was counted once
+    assert m["n_prompt_tokens_processed_total"] == sum(len(x.tokens) for b in r.batches for x in b if x.prefill)
+    assert m["n_requests_total"] == 4 and m["n_requests_failed"] == 0
+    assert m["n_busy_slots_per_decode"] == pytest.approx(m["n_busy_slots_total"] / m["n_decode_total"])
+    assert m["requests_processing"] == 0 and m["requests_deferred"] == 0
+    assert res["d"].final.usage["prompt_tokens_details"]["cached_tokens"] > 0    # d reused a's prefix
+
+
+def test_logprobs_requested():
+    core, r = make(n_slots=2)
+    core.add(gen(P1, "a", max_tokens=4, logprobs=True, n_probs=2))
+    core.add(gen(P2, "b", max_tokens=4))
+    res = run(core)
+    a = res["a"]
+    assert len(a.logprobs) == 4
+    assert all(isinstance(lp, TokenLogprob) for lp in a.logprobs)
+    assert [lp.token for lp in a.logprobs] == a.tokens
+    assert [lp.logprob for lp in a.logprobs] == [-t / 100.0 for t in a.tokens]
+    assert all(len(lp.top) == 2 for lp in a.logprobs)
+    assert len(r.logprob_calls) == 4 and all(c[2] == 2 for c in r.logprob_calls)
+    assert [c[1] for c in r.logprob_calls] == a.tokens
+    assert res["b"].logprobs == []
+
+
+def test_logprobs_chosen_token_only():
+    core, r = make(n_slots=1)
+    core.add(gen(P1, "a", max_tokens=3, logprobs=True))
+    a = run(core)["a"]
+    assert [lp.token for lp in a.logprobs] == a.tokens
+    assert all(lp.top == [] for lp in a.logprobs)
+    assert [c[2] for c in r.logprob_calls] == [0, 0, 0]
+
+
+# ---------------------------------------------------------------------------- embeddings
+
+def test_embedding_request():
+    core, r = make(n_slots=2, n_batch=8)
+    p = (5, 6, 7, 8, 9, 10)
+    core.add(Request(prompt=p, id="e", kind=RequestKind.EMBED))
+    res = run(core)["e"]
+    assert res.final.finish_reason == "stop" and res.final.error is None
+    assert res.final.embedding == [6.0, float(sum(p))]
+    assert r.batches == [[Rec(0, p, 0, True, "e", True)]]
+    assert r.n_new_sampler == 0
+    assert core.scheduler.slots[0].cache == [] and core.slots()[0]["n_cached"] == 0
+    # the next request on that slot does not reuse it, and clears the KV
+    n_ops = len(r.ops)
+    core.add(gen(p, "g", max_tokens=2, id_slot=0))
+    g = run(core)["g"]
+    assert r.ops[n_ops] == MemOp("rm", 0, 0, -1)
+    assert g.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert g.tokens == reference(p, 2)
+
+
+def test_embedding_not_pooled_and_never_split():
+    core, r = make(n_slots=2, n_batch=8)
+    core.add(gen((1, 2), "g", max_tokens=4))
+    seen = core.step()
+    p = tuple(range(30, 38))                     # 8 tokens: cannot share a batch with g's decode token
+    core.add(Request(prompt=p, id="e", kind=RequestKind.EMBED, pooled=False))
+    res = run(core, seen=seen)
+    assert res["e"].final.embedding == [[float(t)] for t in p]
+    e_items = items_of(r.batches, "e")
+    assert len(e_items) == 1 and e_items[0][1].tokens == p and e_items[0][1].logits
+    assert e_items[0][0] > items_of(r.batches, "g")[-1][0]
+    assert res["g"].tokens == reference((1, 2), 4)
+    assert r.embedding_calls == [("e", 0, False, p)]
+
+
+def test_max_tokens_zero_evaluates_the_prompt_only():
+    core, r = make(n_slots=1, n_batch=8)
+    core.add(gen(P1, "z", max_tokens=0))
+    res = run(core)["z"]
+    assert res.tokens == [] and res.final.finish_reason == "length"
+    assert res.final.usage["completion_tokens"] == 0
+    assert core.scheduler.slots[0].cache == list(P1)   # the prompt is in the cache for reuse
+
+
+def test_a_tiny_shared_prefix_does_not_claim_a_cached_slot():
+    # only the BOS-like first token is shared: below the 10% similarity, the LRU slot is used instead
+    core, r = make(n_slots=2, n_batch=64)
+    long_a = (1,) + tuple(range(10, 40))
+    core.add(gen(long_a, "a", max_tokens=1))
+    run(core)
+    core.add(gen((1,) + tuple(range(50, 80)), "b", max_tokens=1))
+    res = run(core)["b"]
+    assert res.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert res.final.id_slot == 1
