@@ -9,7 +9,7 @@ detokenization, special tokens and (where the vocab has one) the chat template
 behave like the real model family.
 
     >>> from pyllama.testing import write_random_model
-    >>> path = write_random_model(tmp_path / "tiny.gguf")                # ~9 MB, llama-spm vocab
+    >>> path = write_random_model(tmp_path / "tiny.gguf")   # 4.2M params, 17 MB (f32), llama-spm vocab
     >>> path = write_random_model(tmp_path / "m.gguf", **PRESETS["125m"], ftype="q8_0")
 
 Command line (for benchmarks)::
@@ -18,8 +18,10 @@ Command line (for benchmarks)::
 
 The same arguments always give a byte-identical file.
 
-Requires the ``gguf`` package (``pip install gguf``) and numpy; it does not
-need the compiled pyllama extension.
+Requires the ``gguf`` package (``pip install gguf``) and numpy.  This module
+does not use the compiled extension, but ``import pyllama.testing`` runs
+``pyllama/__init__.py``, which does; without a built extension run the file
+directly (``python src/pyllama/testing.py OUT.gguf ...``) or load it by path.
 """
 
 from __future__ import annotations

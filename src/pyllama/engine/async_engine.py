@@ -41,7 +41,8 @@ class AsyncEngine:
     """
 
     def __init__(self, model: "_core.Model", context_params: Optional[ContextParams] = None, *,
-                 n_parallel: int = 4, kv_unified: bool = True, context_shift: bool = False, n_keep: int = 0):
+                 n_parallel: int = 4, kv_unified: bool = True, context_shift: bool = False, n_keep: int = 0,
+                 slot_prompt_similarity: float = 0.1):
         if n_parallel < 1:
             raise ValueError("n_parallel must be >= 1")
         cp = context_params or ContextParams()
@@ -49,7 +50,7 @@ class AsyncEngine:
         self.context_params = replace(cp, n_seq_max=n_parallel, kv_unified=kv_unified)
         self.model = model
         self.n_parallel = n_parallel
-        self._shift = (context_shift, n_keep)
+        self._core_kw = dict(context_shift=context_shift, n_keep=n_keep, slot_prompt_similarity=slot_prompt_similarity)
         self._ctx: Optional[_core.Context] = None
         self._core: Optional[EngineCore] = None
         self._thread: Optional[threading.Thread] = None
@@ -78,8 +79,7 @@ class AsyncEngine:
         n_ctx = ctx.n_ctx
         n_ctx_slot = n_ctx if self.context_params.kv_unified else ctx.n_ctx_seq
         self._ctx = ctx
-        self._core = EngineCore(LlamaRunner(self.model, ctx, self.n_parallel, n_ctx_slot),
-                                context_shift=self._shift[0], n_keep=self._shift[1])
+        self._core = EngineCore(LlamaRunner(self.model, ctx, self.n_parallel, n_ctx_slot), **self._core_kw)
         self._inbox = queue.SimpleQueue()
         self._running = True
         self._thread = threading.Thread(target=self._run, name="pyllama-engine", daemon=True)

@@ -1,0 +1,70 @@
+"""python -m pyllama.server -m model.gguf [llama-server flags]"""
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import sys
+from typing import Optional, Sequence
+
+from .config import ConfigError, ServerConfig, parse_args
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        d = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+             "msg": record.getMessage()}
+        for key in ("http", "summary", "req"):
+            if hasattr(record, key):
+                d[key] = getattr(record, key)
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        s = super().format(record)
+        for key in ("http", "summary", "req"):
+            if hasattr(record, key):
+                s += " " + " ".join(f"{k}={v}" for k, v in getattr(record, key).items())
+        return s
+
+
+def setup_logging(cfg: ServerConfig) -> None:
+    handler: logging.Handler = logging.FileHandler(cfg.log_file) if cfg.log_file else logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if cfg.log_format == "json"
+                         else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if cfg.verbose else logging.INFO)
+    logging.getLogger("pyllama.llama_cpp").setLevel(logging.DEBUG if cfg.verbose else logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(cfg)
+    from aiohttp import web
+
+    from .app import create_app
+    ssl_ctx = None
+    if cfg.ssl_cert_file:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(cfg.ssl_cert_file, cfg.ssl_key_file)
+    app = create_app(cfg)
+    scheme = "https" if ssl_ctx else "http"
+    hosts = [h.strip() for h in cfg.host.split(",") if h.strip()]
+    web.run_app(app, host=hosts if len(hosts) > 1 else hosts[0], port=cfg.port, ssl_context=ssl_ctx,
+                shutdown_timeout=30.0, handler_cancellation=True, access_log=None,
+                print=lambda *_: print(f"pyllama: listening on {scheme}://{cfg.host}:{cfg.port}{cfg.api_prefix}/",
+                                       file=sys.stderr, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Shared by the OpenAI and native handlers: prompts to tokens, fields to SamplingParams, and
+running several engine requests (n > 1, several prompts) as one merged stream."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
+
+from .. import _core
+from ..engine import AsyncEngine, Request, RequestOutput
+from ..params import SamplingParams
+from .config import ServerConfig
+from .errors import APIError
+from .schemas import SamplingFields
+
+import logging
+
+logger = logging.getLogger("pyllama.server")
+
+
+def log_final(o: RequestOutput) -> None:
+    """One log line per finished request: id, slot, tokens, timings."""
+    u, t = o.usage or {}, o.timings or {}
+    logger.info("done", extra={"req": {
+        "id": o.request_id, "slot": o.id_slot, "finish": o.finish_reason, "prompt": u.get("prompt_tokens"),
+        "cached": (u.get("prompt_tokens_details") or {}).get("cached_tokens"), "generated": u.get("completion_tokens"),
+        "prompt_ms": round(t.get("prompt_ms", 0.0), 1), "gen_ms": round(t.get("predicted_ms", 0.0), 1),
+        "gen_tps": round(t.get("predicted_per_second", 0.0), 1),
+        **({"error": str(o.error)} if o.error is not None else {})}})
+
+
+_SAMPLING_FIELDS = ("temperature", "dynatemp_range", "dynatemp_exponent", "top_k", "top_p", "min_p", "typical_p",
+                    "top_n_sigma", "xtc_probability", "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta",
+                    "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty", "dry_multiplier",
+                    "dry_base", "dry_allowed_length", "dry_penalty_last_n", "min_keep")
+
+
+def tokenize_piece(vocab: "_core.Vocab", item: Any, first: bool) -> List[int]:
+    if isinstance(item, str):
+        return vocab.tokenize(item, add_special=first, parse_special=True)
+    if isinstance(item, bool) or not isinstance(item, int):
+        raise APIError(400, f"invalid prompt element {item!r}: expected a string or a token id")
+    if not 0 <= item < vocab.n_vocab:
+        raise APIError(400, f"token id {item} out of range [0, {vocab.n_vocab})")
+    return [item]
+
+
+def prompt_tokens(vocab: "_core.Vocab", prompt: Any) -> List[List[int]]:
+    """llama-server's prompt shapes: a string, tokens, mixed tokens and strings, or a list of those."""
+    def one(p: Any) -> List[int]:
+        if isinstance(p, str):
+            return vocab.tokenize(p, add_special=True, parse_special=True)
+        if isinstance(p, list):
+            toks: List[int] = []
+            for i, item in enumerate(p):
+                toks += tokenize_piece(vocab, item, first=(i == 0))
+            return toks
+        raise APIError(400, "prompt must be a string, a list of tokens, or a list of prompts")
+
+    if isinstance(prompt, str):
+        out = [one(prompt)]
+    elif isinstance(prompt, list) and prompt:
+        if any(isinstance(x, list) for x in prompt) or all(isinstance(x, str) for x in prompt):
+            out = [one(x) for x in prompt]          # several prompts
+        else:
+            out = [one(prompt)]                     # one prompt of tokens, maybe mixed with text
+    else:
+        raise APIError(400, "prompt must be a non-empty string or list")
+    for toks in out:
+        if not toks:
+            raise APIError(400, "the prompt is empty")
+    return out
+
+
+def logit_bias_pairs(vocab: "_core.Vocab", bias: Any) -> List[Tuple[int, float]]:
+    """OpenAI's {"id": bias} or llama-server's [[id|text, bias|false], ...] to (token, bias) pairs."""
+    if not bias:
+        return []
+    items = list(bias.items()) if isinstance(bias, dict) else bias
+    pairs: List[Tuple[int, float]] = []
+    for item in items:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            key, val = item
+        else:
+            raise APIError(400, "logit_bias entries must be [token or text, bias]")
+        b = float("-inf") if val is False else float(val)
+        if isinstance(key, str) and key.lstrip("-").isdigit() and isinstance(bias, dict):
+            key = int(key)
+        if isinstance(key, int) and not isinstance(key, bool):
+            if not 0 <= key < vocab.n_vocab:
+                raise APIError(400, f"logit_bias token {key} out of range [0, {vocab.n_vocab})")
+            pairs.append((key, b))
+        elif isinstance(key, str):
+            pairs += [(t, b) for t in vocab.tokenize(key, add_special=False, parse_special=False)]
+        else:
+            raise APIError(400, f"invalid logit_bias key {key!r}")
+    return pairs
+
+
+def sampling_params(fields: SamplingFields, cfg: ServerConfig, vocab: "_core.Vocab",
+                    **extra: Any) -> SamplingParams:
+    kw: Dict[str, Any] = {
+        "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p,
+        "typical_p": cfg.typical_p, "repeat_penalty": cfg.repeat_penalty, "repeat_last_n": cfg.repeat_last_n,
+        "presence_penalty": cfg.presence_penalty, "frequency_penalty": cfg.frequency_penalty,
+        "seed": cfg.seed,
+    }
+    for name in _SAMPLING_FIELDS:
+        v = getattr(fields, name)
+        if v is not None:
+            kw[name] = v
+    if fields.seed is not None:
+        kw["seed"] = fields.seed
+    if fields.dry_sequence_breakers is not None:
+        kw["dry_sequence_breakers"] = tuple(fields.dry_sequence_breakers)
+    if fields.samplers is not None:
+        names = fields.samplers.split(";") if isinstance(fields.samplers, str) else fields.samplers
+        kw["samplers"] = tuple(n.strip() for n in names if n.strip())
+    kw["logit_bias"] = tuple(logit_bias_pairs(vocab, fields.logit_bias))
+    if fields.n_probs:
+        kw["n_probs"] = fields.n_probs
+    kw.update(extra)
+    if fields.grammar and fields.json_schema:
+        raise APIError(400, "use either grammar or json_schema, not both")
+    if "grammar" not in kw:
+        if fields.json_schema is not None:
+            try:
+                kw["grammar"] = _core.json_schema_to_grammar(fields.json_schema)
+            except ValueError as e:
+                raise APIError(400, str(e)) from None
+        elif fields.grammar:
+            kw["grammar"] = fields.grammar
+    try:
+        return SamplingParams(**kw)
+    except (TypeError, ValueError) as e:
+        raise APIError(400, f"invalid sampling parameters: {e}") from None
+
+
+def stop_list(stop: Any) -> List[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def make_request(tokens: Sequence[int], fields: SamplingFields, cfg: ServerConfig, sampling: SamplingParams, *,
+                 max_tokens: Optional[int], stop: Sequence[str], n_probs: int = 0, logprobs: bool = False) -> Request:
+    if max_tokens is None or max_tokens < 0:
+        max_tokens = cfg.n_predict
+    cache = cfg.cache_prompt if fields.cache_prompt is None else fields.cache_prompt
+    return Request(prompt=tuple(tokens), sampling=sampling, max_tokens=max_tokens, stop=tuple(stop),
+                   ignore_eos=fields.ignore_eos, n_probs=n_probs, logprobs=logprobs or n_probs > 0,
+                   cache_prompt=cache, id_slot=fields.id_slot)
+
+
+async def merged(engine: AsyncEngine, requests: Sequence[Request]) -> AsyncIterator[Tuple[int, RequestOutput]]:
+    """Outputs of several requests as they come: (index, output). Closing it aborts the rest."""
+    if len(requests) == 1:
+        async for o in engine.generate(requests[0]):
+            if o.finished:
+                log_final(o)
+            yield 0, o
+        return
+    q: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, req: Request) -> None:
+        try:
+            async for o in engine.generate(req):
+                await q.put((i, o))
+        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
+            await q.put((i, e))
+        finally:
+            await q.put((i, done))
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            i, item = await q.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                if item.finished:
+                    log_final(item)
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def collect(engine: AsyncEngine, requests: Sequence[Request]) -> List[RequestOutput]:
+    """Run requests to the end; one folded output each, in order."""
+    outs = await asyncio.gather(*(engine.complete(r) for r in requests))
+    for o in outs:
+        log_final(o)
+    return list(outs)

@@ -1,0 +1,233 @@
+"""Pydantic request models (validation at the edge) and the OpenAPI document built from them.
+
+Field names follow llama-server and OpenAI. Unknown fields are accepted and ignored on every
+endpoint, as llama-server does, so OpenAI clients and llama.cpp clients can send what they know.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TokenOrText = Union[int, str]
+PromptT = Union[str, List[TokenOrText], List[Union[str, List[TokenOrText]]]]
+Finite = Field(default=None, allow_inf_nan=False)
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SamplingFields(_Base):
+    """The llama-server sampling fields, accepted on every generation endpoint."""
+
+    temperature: Optional[float] = Field(default=None, allow_inf_nan=False)
+    dynatemp_range: Optional[float] = Field(default=None, allow_inf_nan=False)
+    dynatemp_exponent: Optional[float] = Field(default=None, allow_inf_nan=False)
+    top_k: Optional[int] = None
+    top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    typical_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    top_n_sigma: Optional[float] = Field(default=None, allow_inf_nan=False)
+    xtc_probability: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    xtc_threshold: Optional[float] = Field(default=None, allow_inf_nan=False)
+    mirostat: Optional[Literal[0, 1, 2]] = None
+    mirostat_tau: Optional[float] = Field(default=None, allow_inf_nan=False)
+    mirostat_eta: Optional[float] = Field(default=None, allow_inf_nan=False)
+    repeat_penalty: Optional[float] = Field(default=None, gt=0.0, allow_inf_nan=False)
+    repeat_last_n: Optional[int] = Field(default=None, ge=-1)
+    presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    dry_multiplier: Optional[float] = Field(default=None, ge=0.0, allow_inf_nan=False)
+    dry_base: Optional[float] = Field(default=None, allow_inf_nan=False)
+    dry_allowed_length: Optional[int] = Field(default=None, ge=0)
+    dry_penalty_last_n: Optional[int] = Field(default=None, ge=-1)
+    dry_sequence_breakers: Optional[List[str]] = None
+    min_keep: Optional[int] = Field(default=None, ge=0)
+    seed: Optional[int] = Field(default=None, ge=-1, le=0xFFFFFFFF)
+    logit_bias: Optional[Union[Dict[str, Union[float, bool]], List[List[Any]]]] = None
+    grammar: Optional[str] = None
+    json_schema: Optional[Dict[str, Any]] = None
+    ignore_eos: bool = False
+    n_probs: Optional[int] = Field(default=None, ge=0, le=100)
+    samplers: Optional[Union[List[str], str]] = None
+    stop: Optional[Union[str, List[str]]] = None
+    cache_prompt: Optional[bool] = None
+    id_slot: int = Field(default=-1, ge=-1)
+    n_keep: Optional[int] = None
+    return_tokens: bool = False
+    timings_per_token: bool = False
+
+
+class CompletionRequest(SamplingFields):
+    """POST /completion (llama-server's native endpoint)."""
+
+    prompt: PromptT
+    n_predict: Optional[int] = Field(default=None, ge=-1)
+    max_tokens: Optional[int] = Field(default=None, ge=-1)
+    stream: bool = False
+    n_cmpl: int = Field(default=1, ge=1, le=16)
+
+
+class StreamOptions(_Base):
+    include_usage: bool = False
+
+
+class OAICompletionRequest(SamplingFields):
+    """POST /v1/completions."""
+
+    model: Optional[str] = None
+    prompt: PromptT
+    max_tokens: Optional[int] = Field(default=16, ge=-1)
+    n: int = Field(default=1, ge=1, le=16)
+    logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    suffix: Optional[str] = None
+    user: Optional[str] = None
+
+
+class ChatMessage(_Base):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Optional[Union[str, List[Dict[str, Any]]]] = None
+    name: Optional[str] = None
+    tool_calls: Optional[List[Dict[str, Any]]] = None
+    tool_call_id: Optional[str] = None
+    reasoning_content: Optional[str] = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions."""
+
+    model: Optional[str] = None
+    messages: List[ChatMessage] = Field(min_length=1)
+    tools: Optional[List[Dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, Dict[str, Any]]] = None
+    parallel_tool_calls: Optional[bool] = None
+    response_format: Optional[Dict[str, Any]] = None
+    max_tokens: Optional[int] = Field(default=None, ge=-1)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=-1)
+    n_predict: Optional[int] = Field(default=None, ge=-1)
+    n: int = Field(default=1, ge=1, le=16)
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    chat_template_kwargs: Optional[Dict[str, Any]] = None
+    reasoning_format: Optional[str] = None
+    reasoning_effort: Optional[str] = None
+    user: Optional[str] = None
+
+    def rendered_messages(self) -> List[Dict[str, Any]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
+
+class EmbeddingRequest(_Base):
+    """POST /v1/embeddings and /embedding(s)."""
+
+    input: Optional[Union[str, List[str], List[int], List[List[int]]]] = None
+    content: Optional[Union[str, List[str], List[int], List[List[int]]]] = None   # llama-server's /embedding
+    model: Optional[str] = None
+    encoding_format: Literal["float", "base64"] = "float"
+    embd_normalize: Optional[int] = None
+
+    def inputs(self) -> Any:
+        v = self.input if self.input is not None else self.content
+        if v is None:
+            raise ValueError('"input" (or "content") is required')
+        return v
+
+
+class TokenizeRequest(_Base):
+    content: str
+    add_special: bool = False
+    parse_special: bool = True
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(_Base):
+    tokens: List[int]
+
+
+class ApplyTemplateRequest(_Base):
+    messages: List[ChatMessage] = Field(min_length=1)
+    tools: Optional[List[Dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, Dict[str, Any]]] = None
+    chat_template_kwargs: Optional[Dict[str, Any]] = None
+    add_generation_prompt: bool = True
+
+
+class RerankRequest(_Base):
+    query: str
+    documents: List[str] = Field(min_length=1)
+    top_n: Optional[int] = Field(default=None, ge=1)
+    return_text: bool = False
+    model: Optional[str] = None
+
+
+class InfillRequest(SamplingFields):
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: List[Dict[str, str]] = Field(default_factory=list)
+    prompt: str = ""
+    n_predict: Optional[int] = Field(default=None, ge=-1)
+    stream: bool = False
+
+
+class LoraItem(_Base):
+    id: int = Field(ge=0)
+    scale: float = Field(allow_inf_nan=False)
+
+
+class ErrorBody(_Base):
+    code: int
+    message: str
+    type: str
+
+
+class ErrorResponse(_Base):
+    error: ErrorBody
+
+
+REQUEST_MODELS = {
+    ("post", "/completion"): CompletionRequest,
+    ("post", "/v1/completions"): OAICompletionRequest,
+    ("post", "/v1/chat/completions"): ChatCompletionRequest,
+    ("post", "/v1/embeddings"): EmbeddingRequest,
+    ("post", "/embedding"): EmbeddingRequest,
+    ("post", "/tokenize"): TokenizeRequest,
+    ("post", "/detokenize"): DetokenizeRequest,
+    ("post", "/apply-template"): ApplyTemplateRequest,
+    ("post", "/reranking"): RerankRequest,
+    ("post", "/infill"): InfillRequest,
+}
+
+
+def openapi_document(title: str = "pyllama server", version: str = "0") -> Dict[str, Any]:
+    """An OpenAPI 3.1 document from the request models (responses are described as JSON objects)."""
+    schemas: Dict[str, Any] = {}
+    paths: Dict[str, Any] = {}
+
+    def ref(model: type) -> Dict[str, str]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            schemas[name] = sub
+        schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    err = ref(ErrorResponse)
+    errors = {str(c): {"description": d, "content": {"application/json": {"schema": err}}}
+              for c, d in ((400, "invalid request"), (401, "missing or wrong API key"),
+                           (404, "not found"), (501, "not supported"), (503, "unavailable"))}
+    for (method, path), model in REQUEST_MODELS.items():
+        paths.setdefault(path, {})[method] = {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref(model)}}},
+            "responses": {"200": {"description": "OK (JSON, or text/event-stream when streaming)",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+                          **errors},
+        }
+    for path in ("/health", "/v1/models", "/props", "/slots", "/metrics", "/lora-adapters"):
+        paths.setdefault(path, {})["get"] = {"responses": {"200": {"description": "OK"}, **errors}}
+    return {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths,
+            "components": {"schemas": schemas}}
