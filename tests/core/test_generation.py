@@ -182,3 +182,15 @@ def test_json_schema_grammar_output_parses(llm):
     r = llm(PROMPT, max_tokens=200, temperature=0.5, grammar=g, seed=1)
     assert r["choices"][0]["finish_reason"] == "stop", r
     jsonschema.validate(json.loads(r["choices"][0]["text"]), schema)
+
+
+def test_generate_batch_matches_one_by_one(tiny_model_path):
+    prompts = ["The first prompt", "A second one, a bit longer than the first", "Third", "And the fourth"]
+    with pyllama.Llama(tiny_model_path, n_ctx=1024, n_batch=64, n_parallel=4, seed=1) as llm:
+        batch = llm.generate_batch(prompts, max_tokens=12, temperature=0, ignore_eos=True)
+        m = llm._core.metrics_dict()
+        llm.reset()
+        solo = [llm(p, max_tokens=12, temperature=0, ignore_eos=True)["choices"][0]["text"] for p in prompts]
+    assert [r["choices"][0]["text"] for r in batch] == solo
+    assert all(r["usage"]["completion_tokens"] == 12 for r in batch)
+    assert m["n_busy_slots_per_decode"] > 2, "the prompts must have been decoded together"
