@@ -8,6 +8,12 @@ if ! command -v ccache >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && 
   echo "ci: installing ccache"
   (apt-get update -qq && apt-get install -y -qq ccache) >/dev/null 2>&1 || echo "ci: could not install ccache (builds will be slower)"
 fi
+# headless Chromium for the web UI test (tests/server/test_webui.py skips, saying why, without it)
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+   && [ -z "${PYLLAMA_WEBUI_NO_INSTALL:-}" ]; then
+  echo "ci: installing chromium"
+  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "ci: could not install chromium"
+fi
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 export CCACHE_BASEDIR="$ROOT"       # paths relative to the checkout, so a fresh clone hits the cache
 export CCACHE_NOHASHDIR=1

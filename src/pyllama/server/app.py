@@ -180,6 +180,10 @@ def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> we
         app.router.add_static(prefix + "/", config.static_path, show_index=False)
     elif config.ui and (STATIC_DIR / "index.html").exists():
         app.router.add_get(prefix + "/", index)
+        if prefix:
+            async def to_slash(request: web.Request) -> web.StreamResponse:
+                raise web.HTTPFound(prefix + "/")
+            app.router.add_get(prefix, to_slash)
         for f in STATIC_DIR.iterdir():
             if f.is_file() and f.name != "index.html":
                 app.router.add_get(prefix + "/" + f.name,

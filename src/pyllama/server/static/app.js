@@ -526,6 +526,7 @@
         if (last && last.role === 'user') {
           history.pop();
           userEl.classList.add('failed');
+          userEl.title = 'Not sent';
           const input = $('#input');
           if (!input.value.trim()) { input.value = last.content; autosize(); }
           retry = () => {
