@@ -64,6 +64,13 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+def _file_handler(path: Path, headers: Optional[dict] = None):
+    """A GET handler for one file (aiohttp wants coroutine handlers)."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path, headers=headers)
+    return handler
+
+
 def _model_params(cfg: ServerConfig) -> ModelParams:
     return ModelParams(n_gpu_layers=cfg.n_gpu_layers, split_mode=cfg.split_mode, main_gpu=cfg.main_gpu,
                        tensor_split=tuple(cfg.tensor_split) if cfg.tensor_split else None, use_mmap=cfg.mmap,
@@ -176,7 +183,7 @@ def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> we
     for method, path, handler in routes(config):
         app.router.add_route(method, prefix + path, handler)
     if config.static_path:
-        app.router.add_get(prefix + "/", lambda r: web.FileResponse(Path(config.static_path) / "index.html"))
+        app.router.add_get(prefix + "/", _file_handler(Path(config.static_path) / "index.html"))
         app.router.add_static(prefix + "/", config.static_path, show_index=False)
     elif config.ui and (STATIC_DIR / "index.html").exists():
         app.router.add_get(prefix + "/", index)
@@ -186,8 +193,7 @@ def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> we
             app.router.add_get(prefix, to_slash)
         for f in STATIC_DIR.iterdir():
             if f.is_file() and f.name != "index.html":
-                app.router.add_get(prefix + "/" + f.name,
-                                   (lambda p: (lambda r: web.FileResponse(p, headers={"Cache-Control": "no-cache"})))(f))
+                app.router.add_get(prefix + "/" + f.name, _file_handler(f, {"Cache-Control": "no-cache"}))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_load(app, engine))

@@ -41,9 +41,11 @@ async def parse(request: web.Request, model: Type[M]) -> M:
     return validate(model, await read_json(request))
 
 
-def usage(outs: List[RequestOutput]) -> Dict[str, Any]:
-    prompt = outs[0].usage["prompt_tokens"] if outs and outs[0].usage else 0
-    cached = outs[0].usage["prompt_tokens_details"]["cached_tokens"] if outs and outs[0].usage else 0
+def usage(outs: List[RequestOutput], n: int = 1) -> Dict[str, Any]:
+    """OpenAI usage of outputs made ``n`` per prompt (in order): each prompt counts once."""
+    firsts = [o.usage for o in outs[::max(1, n)] if o.usage]
+    prompt = sum(u["prompt_tokens"] for u in firsts)
+    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in firsts)
     completion = sum(o.usage["completion_tokens"] for o in outs if o.usage)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached}}

@@ -7,8 +7,8 @@ from typing import Any, Dict, Optional
 from aiohttp import web
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-         404: "not_found_error", 413: "invalid_request_error", 500: "server_error", 501: "not_supported_error",
-         503: "unavailable_error"}
+         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error",
+         501: "not_supported_error", 503: "unavailable_error"}
 
 
 def error_body(status: int, message: str, type_: Optional[str] = None, **extra: Any) -> Dict[str, Any]:

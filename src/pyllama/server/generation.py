@@ -6,7 +6,7 @@ import asyncio
 from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 from .. import _core
-from ..engine import AsyncEngine, Request, RequestOutput
+from ..engine import AsyncEngine, Request, RequestOutput, RequestState
 from ..params import SamplingParams
 from .config import ServerConfig
 from .errors import APIError
@@ -98,6 +98,9 @@ def logit_bias_pairs(vocab: "_core.Vocab", bias: Any) -> List[Tuple[int, float]]
 
 def sampling_params(fields: SamplingFields, cfg: ServerConfig, vocab: "_core.Vocab",
                     **extra: Any) -> SamplingParams:
+    if fields.lora:
+        raise APIError(501, "per-request \"lora\" is not supported by pyllama yet; set adapter scales with "
+                            "POST /lora-adapters", "not_supported_error")
     kw: Dict[str, Any] = {
         "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p,
         "typical_p": cfg.typical_p, "repeat_penalty": cfg.repeat_penalty, "repeat_last_n": cfg.repeat_last_n,
@@ -147,6 +150,14 @@ def make_request(tokens: Sequence[int], fields: SamplingFields, cfg: ServerConfi
     return Request(prompt=tuple(tokens), sampling=sampling, max_tokens=max_tokens, stop=tuple(stop),
                    ignore_eos=fields.ignore_eos, n_probs=n_probs, logprobs=logprobs or n_probs > 0,
                    cache_prompt=cache, id_slot=fields.id_slot)
+
+
+def check_requests(engine: AsyncEngine, requests: Sequence[Request]) -> None:
+    """Reject what can never run (a prompt over the context, a bad id_slot) before a response starts:
+    once a stream's headers are sent, its status can no longer say 400."""
+    sched = engine.core.scheduler
+    for r in requests:
+        sched.validate(RequestState(r, lambda t: b"", lambda t: False))
 
 
 async def merged(engine: AsyncEngine, requests: Sequence[Request]) -> AsyncIterator[Tuple[int, RequestOutput]]:

@@ -10,13 +10,14 @@ from aiohttp import web
 
 from .. import __version__
 from ..engine import RequestOutput
-from ..errors import ContextLimitError, PyllamaError, StateError
+from ..errors import PyllamaError, StateError
 from . import metrics as prom
 from .common import error_of, parse
 from .errors import APIError, error_response
-from .generation import collect, make_request, merged, prompt_tokens, sampling_params, stop_list
-from .openai import embedding_inputs
-from .schemas import ApplyTemplateRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
+from .generation import (check_requests, collect, make_request, merged, prompt_tokens, sampling_params,
+                         stop_list)
+from .openai import compute_embeddings
+from .schemas import ApplyTemplateRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .sse import SSEWriter
 from .state import STATE, ServerState
 
@@ -75,6 +76,7 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
     n_probs = req.n_probs or 0
     reqs = [make_request(p, req, cfg, sampling, max_tokens=max_tokens, stop=stop_list(req.stop), n_probs=n_probs)
             for p in prompts for _ in range(req.n_cmpl)]
+    check_requests(st.engine, reqs)
 
     def final_fields(i: int, o: RequestOutput, content: str, tokens: List[int]) -> Dict[str, Any]:
         d: Dict[str, Any] = {
@@ -153,7 +155,8 @@ async def apply_template(request: web.Request) -> web.Response:
     from .openai import render_chat
     from .schemas import ChatCompletionRequest
     chat = ChatCompletionRequest(messages=req.messages, tools=req.tools, tool_choice=req.tool_choice,
-                                 chat_template_kwargs=req.chat_template_kwargs)
+                                 chat_template_kwargs=req.chat_template_kwargs,
+                                 add_generation_prompt=req.add_generation_prompt)
     return web.json_response({"prompt": render_chat(st, chat)["prompt"]})
 
 
@@ -255,21 +258,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def embedding_native(request: web.Request) -> web.Response:
-    """POST /embedding(s): llama-server's non-OpenAI shape (per token when pooling is none)."""
-    st = request.app[STATE].require()
-    cfg = st.config
-    if not cfg.embedding:
-        raise APIError(501, "This server does not support embeddings. Start it with `--embeddings`",
-                       "not_supported_error")
-    req = await parse(request, EmbeddingRequest)
-    try:
-        inputs = embedding_inputs(st.vocab, req.inputs())
-    except ValueError as e:
-        raise APIError(400, str(e)) from None
-    norm = cfg.embd_normalize if req.embd_normalize is None else req.embd_normalize
-    pooled = st.engine.core.runner.pooled
-    try:
-        vecs = await st.engine.embed(inputs, pooled=False, normalize=norm)
-    except ContextLimitError as e:
-        raise APIError(400, str(e)) from None
+    """POST /embedding(s): llama-server's non-OpenAI shape (one vector per token when pooling is none)."""
+    _, _, _, vecs = await compute_embeddings(request, pooled=False)
     return web.json_response([{"index": i, "embedding": v} for i, v in enumerate(vecs)])

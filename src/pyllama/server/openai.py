@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from aiohttp import web
@@ -14,7 +14,8 @@ from ..engine import RequestOutput
 from ..errors import ChatTemplateError, ContextLimitError, GrammarError
 from .common import error_of, now, parse, usage
 from .errors import APIError
-from .generation import collect, make_request, merged, prompt_tokens, sampling_params, stop_list
+from .generation import (check_requests, collect, make_request, merged, prompt_tokens, sampling_params,
+                         stop_list)
 from .schemas import ChatCompletionRequest, EmbeddingRequest, OAICompletionRequest
 from .sse import SSEWriter
 from .state import STATE, ServerState
@@ -64,6 +65,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     reqs = [make_request(p, req, cfg, sampling, max_tokens=req.max_tokens, stop=stop_list(req.stop),
                          n_probs=n_top, logprobs=req.logprobs is not None)
             for p in prompts for _ in range(req.n)]
+    check_requests(st.engine, reqs)
     cid, created, model = new_id("cmpl"), now(), model_name(st, req.model)
     echo = [vocab.detokenize(p) if req.echo else "" for p in prompts for _ in range(req.n)]
 
@@ -90,7 +92,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                                                             "finish_reason": o.finish_reason if o.finished else None}]})
                 if o.finished:
                     finals[i] = o
-            last = {**base(), "choices": [], "usage": usage([f for f in finals if f])}
+            last = {**base(), "choices": [], "usage": usage([f for f in finals if f], req.n)}
             if req.stream_options and req.stream_options.include_usage:
                 await sse.send(last)
             await sse.done()
@@ -104,7 +106,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         choices.append({"text": echo[i] + o.text, "index": i,
                         "logprobs": _completion_logprobs(vocab, o, len(echo[i])) if req.logprobs is not None
                         else None, "finish_reason": o.finish_reason})
-    return web.json_response({**base(), "choices": choices, "usage": usage(outs), "timings": outs[0].timings})
+    return web.json_response({**base(), "choices": choices, "usage": usage(outs, req.n),
+                              "timings": outs[0].timings})
 
 
 def render_chat(st: ServerState, req: ChatCompletionRequest) -> Dict[str, Any]:
@@ -118,7 +121,7 @@ def render_chat(st: ServerState, req: ChatCompletionRequest) -> Dict[str, Any]:
     json_schema = json_schema if json_schema is not None else req.json_schema
     kwargs = dict(cfg.chat_template_kwargs)
     kwargs.update(req.chat_template_kwargs or {})
-    r: Dict[str, Any] = {"messages": req.rendered_messages(), "add_generation_prompt": True,
+    r: Dict[str, Any] = {"messages": req.rendered_messages(), "add_generation_prompt": req.add_generation_prompt,
                          "reasoning_format": req.reasoning_format or cfg.reasoning_format,
                          "chat_template_kwargs": kwargs}
     for k in ("tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "grammar"):
@@ -148,6 +151,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     n_top = (req.top_logprobs or 0) if req.logprobs else 0
     reqs = [make_request(tokens, req, cfg, sampling, max_tokens=max_tokens, stop=chat_stops(req.stop, rendered),
                          n_probs=n_top, logprobs=bool(req.logprobs)) for _ in range(req.n)]
+    check_requests(st.engine, reqs)
     cid, created, model = new_id("chatcmpl"), now(), model_name(st, req.model)
     syntax = rendered.get("syntax")
     parsers = [ChatDeltaParser(syntax) for _ in reqs]
@@ -191,7 +195,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     await sse.send(last)
             if req.stream_options and req.stream_options.include_usage:
                 await sse.send({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                "choices": [], "usage": usage([f for f in finals if f])})
+                                "choices": [], "usage": usage([f for f in finals if f], req.n)})
             await sse.done()
         return sse.response
 
@@ -221,7 +225,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             msg["tool_calls"] = calls
         choices.append({"index": i, "message": msg, "logprobs": lp_of(o), "finish_reason": finish_of(i, o)})
     return web.json_response({"id": cid, "object": "chat.completion", "created": created, "model": model,
-                              "system_fingerprint": "pyllama", "choices": choices, "usage": usage(outs),
+                              "system_fingerprint": "pyllama", "choices": choices, "usage": usage(outs, req.n),
                               "timings": outs[0].timings})
 
 
@@ -248,7 +252,9 @@ def embedding_inputs(vocab: "_core.Vocab", value: Any) -> List[List[int]]:
     return out
 
 
-async def embeddings(request: web.Request) -> web.Response:
+async def compute_embeddings(request: web.Request, pooled: bool) -> Tuple[ServerState, EmbeddingRequest,
+                                                                          List[List[int]], List[Any]]:
+    """Shared by /v1/embeddings and /embedding(s): validate, tokenize, embed through the engine."""
     st = request.app[STATE].require()
     cfg = st.config
     if not cfg.embedding:
@@ -261,9 +267,14 @@ async def embeddings(request: web.Request) -> web.Response:
         raise APIError(400, str(e)) from None
     norm = cfg.embd_normalize if req.embd_normalize is None else req.embd_normalize
     try:
-        vecs = await st.engine.embed(inputs, pooled=True, normalize=norm)
+        vecs = await st.engine.embed(inputs, pooled=pooled, normalize=norm)
     except ContextLimitError as e:
         raise APIError(400, str(e)) from None
+    return st, req, inputs, vecs
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    st, req, inputs, vecs = await compute_embeddings(request, pooled=True)
     data = []
     for i, v in enumerate(vecs):
         emb: Any = v

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
-TokenOrText = Union[int, str]
+TokenOrText = Union[StrictInt, str]       # a token id is an integer (true is not token 1)
 PromptT = Union[str, List[TokenOrText], List[Union[str, List[TokenOrText]]]]
+EmbeddingInputT = Union[str, List[str], List[StrictInt], List[List[StrictInt]]]
 Finite = Field(default=None, allow_inf_nan=False)
 
 
@@ -57,6 +58,7 @@ class SamplingFields(_Base):
     n_keep: Optional[int] = None
     return_tokens: bool = False
     timings_per_token: bool = False
+    lora: Optional[List[Dict[str, Any]]] = None      # refused for now (see generation.sampling_params)
 
 
 class CompletionRequest(SamplingFields):
@@ -115,6 +117,7 @@ class ChatCompletionRequest(SamplingFields):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     chat_template_kwargs: Optional[Dict[str, Any]] = None
+    add_generation_prompt: bool = True
     reasoning_format: Optional[str] = None
     reasoning_effort: Optional[str] = None
     user: Optional[str] = None
@@ -126,8 +129,8 @@ class ChatCompletionRequest(SamplingFields):
 class EmbeddingRequest(_Base):
     """POST /v1/embeddings and /embedding(s)."""
 
-    input: Optional[Union[str, List[str], List[int], List[List[int]]]] = None
-    content: Optional[Union[str, List[str], List[int], List[List[int]]]] = None   # llama-server's /embedding
+    input: Optional[EmbeddingInputT] = None
+    content: Optional[EmbeddingInputT] = None     # llama-server's /embedding
     model: Optional[str] = None
     encoding_format: Literal["float", "base64"] = "float"
     embd_normalize: Optional[int] = None
@@ -147,7 +150,7 @@ class TokenizeRequest(_Base):
 
 
 class DetokenizeRequest(_Base):
-    tokens: List[int]
+    tokens: List[StrictInt]
 
 
 class ApplyTemplateRequest(_Base):

@@ -1,0 +1,94 @@
+"""The command line: --help, refused llama-server flags, LLAMA_ARG_* variables."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pyllama.server import ConfigError, parse_args
+
+
+def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyllama.server", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_help_lists_flags():
+    r = run_cli("--help")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for flag in ("-m", "--model", "-c", "--ctx-size", "-np", "--parallel", "--api-key", "--api-key-file", "--port",
+                 "--host", "--embeddings", "--pooling", "--metrics", "--slot-save-path", "--cors-origins",
+                 "--chat-template", "--jinja", "-ngl", "--temp", "--seed", "--reranking", "--no-webui", "--props"):
+        assert f"{flag} " in out or f"{flag}," in out or f"{flag}\n" in out or f"{flag}=" in out, flag
+    assert "--hf-repo" not in out                   # refused flags are not advertised
+
+
+def test_unsupported_flag_exits_2():
+    r = run_cli("-m", "model.gguf", "--hf-repo", "x")
+    assert r.returncode == 2
+    assert "not supported" in r.stderr and "--hf-repo" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("--ctx-size", "2048")               # no model
+    assert r.returncode == 2 and "model" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args", [("-hf", "org/model"), ("--mmproj", "p.gguf"), ("--model-draft", "d.gguf"),
+                                  ("--spec-type", "ngram"), ("--lookup-cache-static", "f"), ("-sp",)])
+def test_unsupported_flags_refused(args):
+    with pytest.raises(ConfigError, match="not supported") as e:
+        parse_args(["-m", "x.gguf", *args], environ={})
+    assert args[0] in str(e.value)
+
+
+def test_argparse_errors_exit_2(capsys):
+    for argv in (["-m", "x.gguf", "--no-such-flag"], ["-m", "x.gguf", "-c", "lots"],
+                 ["-m", "x.gguf", "--pooling", "median"]):
+        with pytest.raises(SystemExit) as e:
+            parse_args(argv, environ={})
+        assert e.value.code == 2
+    assert "--no-such-flag" in capsys.readouterr().err
+
+
+def test_env_vars_and_flag_precedence():
+    env = {"LLAMA_ARG_CTX_SIZE": "1024", "LLAMA_ARG_MODEL": "env.gguf", "LLAMA_ARG_N_PARALLEL": "3",
+           "LLAMA_ARG_ENDPOINT_METRICS": "1", "LLAMA_API_KEY": "a,b", "LLAMA_ARG_PORT": "9999",
+           "LLAMA_ARG_HOST": "0.0.0.0"}
+    cfg = parse_args([], environ=env)
+    assert cfg.ctx_size == 1024 and cfg.model == "env.gguf" and cfg.parallel == 3 and cfg.n_slots == 3
+    assert cfg.metrics is True and cfg.api_keys == ["a", "b"] and cfg.port == 9999 and cfg.host == "0.0.0.0"
+    # a flag wins over its variable, in every spelling
+    assert parse_args(["-c", "512"], environ=env).ctx_size == 512
+    assert parse_args(["--ctx-size", "256"], environ=env).ctx_size == 256
+    assert parse_args(["--ctx-size=128"], environ=env).ctx_size == 128
+    assert parse_args(["-m", "flag.gguf"], environ=env).model == "flag.gguf"
+    assert parse_args(["--api-key", "z"], environ=env).api_keys == ["z"]
+    assert parse_args(["-np", "2"], environ=env).n_slots == 2
+    # no variables: the defaults
+    cfg = parse_args(["-m", "x.gguf"], environ={})
+    assert cfg.ctx_size == 0 and cfg.n_slots == 4 and cfg.unified and not cfg.metrics and cfg.api_keys == []
+    assert not parse_args(["-m", "x.gguf", "-np", "4"], environ={}).unified    # explicit -np: per-slot KV
+    assert parse_args(["-m", "x.gguf"], environ={"LLAMA_ARG_ENDPOINT_METRICS": "0"}).metrics is False
+
+
+def test_parse_args_errors():
+    with pytest.raises(ConfigError, match="not supported"):
+        parse_args(["-m", "x.gguf", "--hf-repo", "a/b"], environ={})
+    with pytest.raises(ConfigError, match="model"):
+        parse_args([], environ={})
+    with pytest.raises(ConfigError, match="parallel"):
+        parse_args(["-m", "x.gguf", "-np", "0"], environ={})
+    with pytest.raises(ConfigError, match="ssl"):
+        parse_args(["-m", "x.gguf", "--ssl-key-file", "k.pem"], environ={})
+    with pytest.raises(ConfigError, match="JSON"):
+        parse_args(["-m", "x.gguf", "--chat-template-kwargs", "{nope"], environ={})
+    with pytest.raises(ConfigError, match="api-key-file"):
+        parse_args(["-m", "x.gguf", "--api-key-file", "/no/such/file"], environ={})
+
+
+def test_api_key_file(tmp_path):
+    f = tmp_path / "keys.txt"
+    f.write_text("# comment\nk1\n\n  k2  \n")
+    assert parse_args(["-m", "x.gguf", "--api-key-file", str(f), "--api-key", "k0"], environ={}).api_keys == \
+        ["k0", "k1", "k2"]
