@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
+import dataclasses
 import pytest
 
 from pyllama import ContextLimitError, DecodeError, KVCacheFullError
@@ -850,3 +851,25 @@ def test_a_tiny_shared_prefix_does_not_claim_a_cached_slot():
     res = run(core)["b"]
     assert res.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
     assert res.final.id_slot == 1
+
+
+def test_static_batching_waits_for_the_running_batch():
+    core, r = make(n_slots=2, n_batch=64)
+    core.scheduler.config = dataclasses.replace(core.scheduler.config, cont_batching=False)
+    core.add(gen(P1, "a", max_tokens=6))
+    core.step()                                  # a is admitted and prefilled
+    core.add(gen(P2, "b", max_tokens=2))
+    for _ in range(3):
+        core.step()
+    assert core.scheduler.slots[1].state is None and core.scheduler.n_waiting == 1   # b waits for a
+    res = run(core)
+    assert res["b"].final.finish_reason == "length"
+
+
+def test_one_pooled_embedding_per_decode_without_unified_kv():
+    core, r = make(n_slots=3, n_batch=64)
+    core.scheduler.config = dataclasses.replace(core.scheduler.config, kv_unified=False)
+    for i, p in enumerate((P1, P2, P3)):
+        core.add(Request(prompt=p, kind=RequestKind.EMBED, id=f"e{i}"))
+    run(core)
+    assert all(sum(1 for x in b if x.prefill) == 1 for b in r.batches)

@@ -92,3 +92,22 @@ def test_api_key_file(tmp_path):
     f.write_text("# comment\nk1\n\n  k2  \n")
     assert parse_args(["-m", "x.gguf", "--api-key-file", str(f), "--api-key", "k0"], environ={}).api_keys == \
         ["k0", "k1", "k2"]
+
+
+def test_cache_reuse_refused_not_ignored():
+    with pytest.raises(ConfigError, match="cache-reuse"):
+        parse_args(["-m", "x.gguf", "--cache-reuse", "256"], environ={})
+    assert parse_args(["-m", "x.gguf", "--cache-reuse", "0"], environ={}).cache_reuse == 0
+
+
+def test_no_cont_batching_is_parsed():
+    assert parse_args(["-m", "x.gguf", "-nocb"], environ={}).cont_batching is False
+    assert parse_args(["-m", "x.gguf"], environ={"LLAMA_ARG_CONT_BATCHING": "0"}).cont_batching is False
+
+
+def test_model_that_fails_to_load_exits_1(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model" * 100)
+    r = run_cli("-m", str(bad), "--port", "0")
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert "failed to load" in r.stderr

@@ -270,3 +270,15 @@ def test_load_failure_is_reported(tmp_path):
             assert r.status == 200 and (await r.json())["data"][0]["meta"] is None
 
     asyncio.run(main())
+
+
+def test_n_cmpl_with_a_seed_gives_distinct_reproducible_choices(inproc, tiny_model_path):
+    async def scenario(client):
+        body = {"prompt": "Once upon", "n_predict": 8, "temperature": 1.5, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+                "seed": 7, "n_cmpl": 2, "ignore_eos": True}
+        a = await post_json(client, "/completion", body)
+        b = await post_json(client, "/completion", body)
+        assert [x["content"] for x in a] == [x["content"] for x in b]     # reproducible
+        assert a[0]["content"] != a[1]["content"]                         # but the choices differ
+
+    inproc(tiny_argv(tiny_model_path), scenario)

@@ -257,8 +257,6 @@ def test_embeddings(embd_client, embd_server):
     np.testing.assert_allclose(v / np.linalg.norm(v), vecs[0], atol=1e-5)
 
 
-@pytest.mark.xfail(reason="engine bug: with per-slot KV (-np N, no -kvu) pooled embeddings of unequal-length "
-                          "inputs batched in one decode are wrong for the longer inputs", strict=False)
 def test_embeddings_batched_equal_single_per_slot_kv(inproc, tiny_model_path):
     texts = ["hello world", "a second, somewhat longer input", "x y z w v u t s r q p o n m l k j i h"]
 

@@ -42,7 +42,7 @@ class AsyncEngine:
 
     def __init__(self, model: "_core.Model", context_params: Optional[ContextParams] = None, *,
                  n_parallel: int = 4, kv_unified: bool = True, context_shift: bool = False, n_keep: int = 0,
-                 slot_prompt_similarity: float = 0.1):
+                 slot_prompt_similarity: float = 0.1, cont_batching: bool = True):
         if n_parallel < 1:
             raise ValueError("n_parallel must be >= 1")
         cp = context_params or ContextParams()
@@ -50,7 +50,8 @@ class AsyncEngine:
         self.context_params = replace(cp, n_seq_max=n_parallel, kv_unified=kv_unified)
         self.model = model
         self.n_parallel = n_parallel
-        self._core_kw = dict(context_shift=context_shift, n_keep=n_keep, slot_prompt_similarity=slot_prompt_similarity)
+        self._core_kw = dict(context_shift=context_shift, n_keep=n_keep, slot_prompt_similarity=slot_prompt_similarity,
+                             cont_batching=cont_batching)
         self._ctx: Optional[_core.Context] = None
         self._core: Optional[EngineCore] = None
         self._thread: Optional[threading.Thread] = None

@@ -52,12 +52,13 @@ class EngineMetrics:
 
 class EngineCore:
     def __init__(self, runner: Runner, *, context_shift: bool = False, n_keep: int = 0,
-                 slot_prompt_similarity: float = 0.1):
+                 slot_prompt_similarity: float = 0.1, cont_batching: bool = True):
         self.runner = runner
         self.scheduler = Scheduler(SchedulerConfig(
             n_slots=runner.n_slots, n_ctx_slot=runner.n_ctx_slot, n_batch=runner.n_batch,
             n_ubatch=runner.n_ubatch, context_shift=context_shift, n_keep=n_keep,
-            slot_prompt_similarity=slot_prompt_similarity))
+            slot_prompt_similarity=slot_prompt_similarity, kv_unified=getattr(runner, "kv_unified", True),
+            cont_batching=cont_batching))
         self.metrics = EngineMetrics()
         self._samplers: Dict[str, Any] = {}
 

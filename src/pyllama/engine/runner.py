@@ -40,6 +40,7 @@ class LlamaRunner:
         self._eog = frozenset(self.vocab.eog_tokens())
         self._pieces: Dict[int, bytes] = {}
         self.pooled = ctx.pooling_type not in (-1, 0)
+        self.kv_unified = bool(ctx.params.kv_unified) or ctx.n_seq_max == 1
 
     def piece(self, token: int) -> bytes:
         p = self._pieces.get(token)

@@ -58,6 +58,8 @@ class SchedulerConfig:
     context_shift: bool = False
     n_keep: int = 0                 # tokens kept at the start on a context shift
     slot_prompt_similarity: float = 0.1
+    kv_unified: bool = True         # False: each slot has its own KV stream
+    cont_batching: bool = True      # False: new requests start only when every slot is idle
 
 
 class Scheduler:
@@ -164,6 +166,7 @@ class Scheduler:
         # 2. prompt chunks, oldest admission first
         prefill = sorted((s for s in self.slots if s.state is not None and s.state.status is RequestStatus.PREFILL),
                          key=lambda s: s.state.t_start)
+        n_embed = 0
         for slot in prefill:
             if budget <= 0:
                 break
@@ -171,8 +174,14 @@ class Scheduler:
             prompt = st.request.prompt
             start = len(slot.cache)
             n = min(len(prompt) - start, budget)
-            if st.request.kind is RequestKind.EMBED and n < len(prompt) - start:
-                continue        # an embedding input is decoded in one piece
+            if st.request.kind is RequestKind.EMBED:
+                if n < len(prompt) - start:
+                    continue    # an embedding input is decoded in one piece
+                if n_embed and not self.config.kv_unified:
+                    # with per-slot KV streams llama.cpp splits unequal sequences across micro-batches
+                    # and pools each part on its own: one pooled input per decode
+                    continue
+                n_embed += 1
             end = start + n
             out.items.append(BatchItem(slot, st, list(prompt[start:end]), start, end == len(prompt), True))
             budget -= n
@@ -189,6 +198,8 @@ class Scheduler:
     def _admit(self, out: SchedulerOutput) -> None:
         if not self.waiting:
             return
+        if not self.config.cont_batching and any(s.state is not None for s in self.slots):
+            return      # static batching: wait until the running batch is done
         still: Deque[RequestState] = deque()
         while self.waiting:
             st = self.waiting.popleft()

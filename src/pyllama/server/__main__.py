@@ -56,13 +56,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.ssl_cert_file:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(cfg.ssl_cert_file, cfg.ssl_key_file)
+    cfg.exit_on_load_error = True
     app = create_app(cfg)
     scheme = "https" if ssl_ctx else "http"
     hosts = [h.strip() for h in cfg.host.split(",") if h.strip()]
+    # --timeout bounds how long an idle keep-alive connection is held (llama-server's read/write timeout)
     web.run_app(app, host=hosts if len(hosts) > 1 else hosts[0], port=cfg.port, ssl_context=ssl_ctx,
-                shutdown_timeout=30.0, handler_cancellation=True, access_log=None,
+                shutdown_timeout=30.0, keepalive_timeout=float(cfg.timeout), handler_cancellation=True,
+                access_log=None,
                 print=lambda *_: print(f"pyllama: listening on {scheme}://{cfg.host}:{cfg.port}{cfg.api_prefix}/",
                                        file=sys.stderr, flush=True))
+    from .state import STATE
+    if app[STATE].load_error:
+        print(f"error: failed to load the model: {app[STATE].load_error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -140,7 +140,8 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
             await loop.run_in_executor(None, load_blocking, st)
             engine = AsyncEngine(st.model, _context_params(cfg), n_parallel=cfg.n_slots, kv_unified=cfg.unified,
                                  context_shift=cfg.context_shift, n_keep=cfg.keep,
-                                 slot_prompt_similarity=cfg.slot_prompt_similarity)
+                                 slot_prompt_similarity=cfg.slot_prompt_similarity,
+                                 cont_batching=cfg.cont_batching)
             await loop.run_in_executor(None, engine.start, loop)
         else:
             st.model = engine.model
@@ -169,6 +170,9 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
     except Exception as e:  # noqa: BLE001 - reported by /health
         logger.exception("failed to load the model")
         st.load_error = f"{type(e).__name__}: {e}"
+        if cfg.exit_on_load_error:   # the command line server exits, as llama-server does
+            import signal
+            signal.raise_signal(signal.SIGTERM)
 
 
 def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> web.Application:

@@ -86,6 +86,7 @@ class ServerConfig:
     log_file: Optional[str] = None
     verbose: bool = False
     rpc: Optional[str] = None
+    exit_on_load_error: bool = False    # set by the command line entry point
 
     @property
     def n_slots(self) -> int:
@@ -349,6 +350,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str,
             if not path:
                 raise ConfigError(f"--lora-scaled {item!r}: expected FNAME:SCALE")
             cfg.lora.append((path, float(scale)))
+    if cfg.cache_reuse > 0:
+        raise ConfigError("--cache-reuse: reusing cache chunks by KV shifting is not supported by pyllama yet "
+                          "(prompt caching by common prefix is on; use --cache-reuse 0)")
     if cfg.rpc:
         raise ConfigError("--rpc: not supported by pyllama yet (this build has no RPC backend)")
     if not cfg.model:

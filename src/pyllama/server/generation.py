@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 from .. import _core
 from ..engine import AsyncEngine, Request, RequestOutput, RequestState
-from ..params import SamplingParams
+from ..params import DEFAULT_SEED, SamplingParams
 from .config import ServerConfig
 from .errors import APIError
 from .schemas import SamplingFields
@@ -143,9 +143,12 @@ def stop_list(stop: Any) -> List[str]:
 
 
 def make_request(tokens: Sequence[int], fields: SamplingFields, cfg: ServerConfig, sampling: SamplingParams, *,
-                 max_tokens: Optional[int], stop: Sequence[str], n_probs: int = 0, logprobs: bool = False) -> Request:
+                 max_tokens: Optional[int], stop: Sequence[str], n_probs: int = 0, logprobs: bool = False,
+                 choice: int = 0) -> Request:
     if max_tokens is None or max_tokens < 0:
         max_tokens = cfg.n_predict
+    if choice and sampling.seed != DEFAULT_SEED:    # n > 1 with a fixed seed: distinct, reproducible choices
+        sampling = sampling.replace(seed=(sampling.seed + choice) & 0xFFFFFFFF)
     cache = cfg.cache_prompt if fields.cache_prompt is None else fields.cache_prompt
     return Request(prompt=tuple(tokens), sampling=sampling, max_tokens=max_tokens, stop=tuple(stop),
                    ignore_eos=fields.ignore_eos, n_probs=n_probs, logprobs=logprobs or n_probs > 0,

@@ -74,8 +74,8 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
     sampling = sampling_params(req, cfg, vocab)
     max_tokens = req.n_predict if req.n_predict is not None else req.max_tokens
     n_probs = req.n_probs or 0
-    reqs = [make_request(p, req, cfg, sampling, max_tokens=max_tokens, stop=stop_list(req.stop), n_probs=n_probs)
-            for p in prompts for _ in range(req.n_cmpl)]
+    reqs = [make_request(p, req, cfg, sampling, max_tokens=max_tokens, stop=stop_list(req.stop), n_probs=n_probs,
+                         choice=j) for p in prompts for j in range(req.n_cmpl)]
     check_requests(st.engine, reqs)
 
     def final_fields(i: int, o: RequestOutput, content: str, tokens: List[int]) -> Dict[str, Any]:

@@ -63,8 +63,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     sampling = sampling_params(req, cfg, vocab)
     n_top = req.logprobs or 0
     reqs = [make_request(p, req, cfg, sampling, max_tokens=req.max_tokens, stop=stop_list(req.stop),
-                         n_probs=n_top, logprobs=req.logprobs is not None)
-            for p in prompts for _ in range(req.n)]
+                         n_probs=n_top, logprobs=req.logprobs is not None, choice=j)
+            for p in prompts for j in range(req.n)]
     check_requests(st.engine, reqs)
     cid, created, model = new_id("cmpl"), now(), model_name(st, req.model)
     echo = [vocab.detokenize(p) if req.echo else "" for p in prompts for _ in range(req.n)]
@@ -150,7 +150,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     max_tokens = next((v for v in (req.max_completion_tokens, req.max_tokens, req.n_predict) if v is not None), None)
     n_top = (req.top_logprobs or 0) if req.logprobs else 0
     reqs = [make_request(tokens, req, cfg, sampling, max_tokens=max_tokens, stop=chat_stops(req.stop, rendered),
-                         n_probs=n_top, logprobs=bool(req.logprobs)) for _ in range(req.n)]
+                         n_probs=n_top, logprobs=bool(req.logprobs), choice=j) for j in range(req.n)]
     check_requests(st.engine, reqs)
     cid, created, model = new_id("chatcmpl"), now(), model_name(st, req.model)
     syntax = rendered.get("syntax")
