@@ -5,11 +5,10 @@ already in the KV cache are reused between calls.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -17,9 +16,9 @@ from . import _core
 from .chat import (ChatDeltaParser, chat_stops, collect_chat, json_schema_from_response_format, new_id,
                    sampling_extras, token_logprob_entry)
 from .engine.core import EngineCore
-from .engine.request import Request, RequestKind, RequestOutput, TokenLogprob
+from .engine.request import Request, RequestKind, RequestOutput
 from .engine.runner import LlamaRunner
-from .errors import ChatTemplateError, ContextLimitError, TokenizeError
+from .errors import ContextLimitError, TokenizeError
 from .params import DEFAULT_SEED, ContextParams, ModelParams, SamplingParams
 
 logger = logging.getLogger("pyllama")

@@ -96,12 +96,16 @@ _SUPPORTED_ARCHS = ("llama",)
 
 
 def default_vocab_dir() -> pathlib.Path:
-    """``$PYLLAMA_VOCAB_DIR`` if set, else ``vendor/llama.cpp/models`` of the source tree."""
+    """``$PYLLAMA_VOCAB_DIR`` if set, else ``vendor/llama.cpp/models`` of the source tree (an editable
+    install), else ``vendor/llama.cpp/models`` under the current directory (an installed package used
+    from a checkout)."""
     env = os.environ.get(VOCAB_DIR_ENV)
     if env:
         return pathlib.Path(env)
     # src/pyllama/testing.py -> <repo>/vendor/llama.cpp/models
-    return pathlib.Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp" / "models"
+    here = pathlib.Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp" / "models"
+    cwd = pathlib.Path.cwd() / "vendor" / "llama.cpp" / "models"
+    return here if here.is_dir() or not cwd.is_dir() else cwd
 
 
 def _vocab_dir(vocab_dir: Optional[PathLike]) -> pathlib.Path:

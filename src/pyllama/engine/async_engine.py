@@ -10,7 +10,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence
 
 from .. import _core
 from ..errors import PyllamaError

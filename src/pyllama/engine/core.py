@@ -9,11 +9,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
-import numpy as np
-
 from ..errors import DecodeError, KVCacheFullError, PyllamaError
 from .request import Request, RequestKind, RequestOutput, RequestState, RequestStatus, TokenLogprob
-from .scheduler import BatchItem, MemOp, Scheduler, SchedulerConfig, SchedulerOutput
+from .scheduler import BatchItem, MemOp, Scheduler, SchedulerConfig
 
 
 class Runner(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, Optional
 
 from ..errors import ContextLimitError, KVCacheFullError
 from .request import RequestKind, RequestState, RequestStatus

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import AsyncIterator, Optional
 
 from aiohttp import web
 
@@ -22,7 +22,6 @@ from ..params import ContextParams, ModelParams
 from . import middlewares as mw
 from . import native, openai
 from .config import ServerConfig
-from .errors import APIError
 from .schemas import openapi_document
 from .state import CONFIG, STATE, LoraEntry, ServerState
 

@@ -132,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pyllama.server",
         description="An OpenAI-compatible and llama-server-compatible HTTP server for GGUF models.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
     g = p.add_argument_group("model")
     g.add_argument("-m", "--model", help="model path (env LLAMA_ARG_MODEL)")
     g.add_argument("-a", "--alias", help="model name used by the API, comma-separated aliases (env LLAMA_ARG_ALIAS)")

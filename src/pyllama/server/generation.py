@@ -9,6 +9,7 @@ from .. import _core
 from ..engine import AsyncEngine, Request, RequestOutput, RequestState
 from ..params import DEFAULT_SEED, SamplingParams
 from .config import ServerConfig
+from .common import error_of
 from .errors import APIError
 from .schemas import SamplingFields
 
@@ -203,8 +204,12 @@ async def merged(engine: AsyncEngine, requests: Sequence[Request]) -> AsyncItera
 
 
 async def collect(engine: AsyncEngine, requests: Sequence[Request]) -> List[RequestOutput]:
-    """Run requests to the end; one folded output each, in order."""
+    """Run requests to the end; one folded output each, in order. A failed one raises its APIError."""
     outs = await asyncio.gather(*(engine.complete(r) for r in requests))
     for o in outs:
         log_final(o)
+    for o in outs:
+        if o.error is not None:
+            err = error_of(o)["error"]
+            raise APIError(err["code"], err["message"])
     return list(outs)

@@ -115,8 +115,6 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
     outs = await collect(st.engine, reqs)
     results = []
     for i, o in enumerate(outs):
-        if o.error is not None:
-            raise APIError(error_of(o)["error"]["code"], str(o.error))
         results.append(final_fields(i, o, o.text, o.token_ids))
     return web.json_response(results[0] if len(results) == 1 else results)
 

@@ -101,8 +101,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
     outs = await collect(st.engine, reqs)
     choices = []
     for i, o in enumerate(outs):
-        if o.error is not None:
-            raise APIError(error_of(o)["error"]["code"], str(o.error))
         choices.append({"text": echo[i] + o.text, "index": i,
                         "logprobs": _completion_logprobs(vocab, o, len(echo[i])) if req.logprobs is not None
                         else None, "finish_reason": o.finish_reason})
@@ -202,8 +200,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     outs = await collect(st.engine, reqs)
     choices = []
     for i, o in enumerate(outs):
-        if o.error is not None:
-            raise APIError(error_of(o)["error"]["code"], str(o.error))
         msg: Dict[str, Any] = {"role": "assistant", "content": None}
         calls: List[Dict[str, Any]] = []
         content: List[str] = []

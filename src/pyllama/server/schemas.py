@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 TokenOrText = Union[StrictInt, str]       # a token id is an integer (true is not token 1)
 PromptT = Union[str, List[TokenOrText], List[Union[str, List[TokenOrText]]]]
