@@ -4,6 +4,12 @@ cdef cppbool _abort_flag_cb(void * data) noexcept nogil:
     return (<int *>data)[0] != 0
 
 
+cdef extern from "llama.h":
+    # llama.cpp aborts become C++ exceptions (see _abort_shim.h): catch them here
+    int32_t _llama_decode_cpp "llama_decode"(llama_context * ctx, llama_batch batch) except + nogil
+    int32_t _llama_encode_cpp "llama_encode"(llama_context * ctx, llama_batch batch) except + nogil
+
+
 cdef class Context:
     """An inference context over a Model (owns a llama_context, keeps the Model alive).
 
@@ -160,8 +166,11 @@ cdef class Context:
         if batch.b.n_tokens <= 0:
             raise BatchError("empty batch")
         cdef int32_t rc
-        with nogil:
-            rc = llama_decode(self.ptr, batch.b)
+        try:
+            with nogil:
+                rc = _llama_decode_cpp(self.ptr, batch.b)
+        except RuntimeError as e:
+            raise DecodeError(f"llama_decode: {e}", -100) from None
         if rc != 0:
             raise decode_error(rc, "llama_decode")
 
@@ -170,8 +179,11 @@ cdef class Context:
         if batch.b.n_tokens <= 0:
             raise BatchError("empty batch")
         cdef int32_t rc
-        with nogil:
-            rc = llama_encode(self.ptr, batch.b)
+        try:
+            with nogil:
+                rc = _llama_encode_cpp(self.ptr, batch.b)
+        except RuntimeError as e:
+            raise DecodeError(f"llama_encode: {e}", -100) from None
         if rc != 0:
             raise decode_error(rc, "llama_encode")
 

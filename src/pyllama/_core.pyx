@@ -18,6 +18,10 @@ from libcpp.string cimport string
 from pyllama._llama cimport *
 from pyllama cimport _chat_shim as shim
 
+cdef extern from "_abort_shim.h" namespace "pyllama":
+    void install_abort_handler()
+    void ggml_abort_for_test(const char * message) except +
+
 import json as _json
 import logging as _logging
 import operator as _operator
@@ -39,5 +43,12 @@ include "_batch.pxi"
 include "_sampler.pxi"
 include "_extras.pxi"
 
+install_abort_handler()
 llama_backend_init()
 _install_log_bridge()
+
+
+def _test_ggml_abort(message="test"):
+    """Trigger GGML_ABORT on purpose: with pyllama's handler it raises RuntimeError."""
+    cdef bytes b = message.encode()
+    ggml_abort_for_test(b)

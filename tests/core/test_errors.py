@@ -160,3 +160,12 @@ def test_mean_pooling_with_uneven_ubatch_is_an_error_not_an_abort(tiny_model):
     with pytest.raises(pyllama.ContextError, match="multiple of n_seq_max"):
         Context(tiny_model, ContextParams(n_ctx=256, n_batch=64, n_ubatch=64, n_seq_max=3, embeddings=True,
                                           pooling_type="mean"))
+
+
+def test_a_llama_cpp_abort_is_a_python_exception_not_a_dead_process():
+    # GGML_ABORT / GGML_ASSERT on the calling thread go through pyllama's handler
+    from pyllama import _core
+    with pytest.raises(RuntimeError, match="llama.cpp aborted: .*boom"):
+        _core._test_ggml_abort("boom")
+    with pytest.raises(RuntimeError):
+        _core._test_ggml_abort("again")      # the handler stays installed

@@ -873,3 +873,17 @@ def test_one_pooled_embedding_per_decode_without_unified_kv():
         core.add(Request(prompt=p, kind=RequestKind.EMBED, id=f"e{i}"))
     run(core)
     assert all(sum(1 for x in b if x.prefill) == 1 for b in r.batches)
+
+
+def test_a_fatal_decode_error_is_reported_until_a_decode_succeeds():
+    def hook(rec, i):
+        return DecodeError("llama_decode: llama.cpp aborted: lost the RPC worker", -100) if i == 0 else None
+
+    core, r = make(n_slots=1, n_batch=8, fail_hook=hook)
+    core.add(gen(P1, "a", max_tokens=3))
+    res = run(core)
+    assert res["a"].final.finish_reason == "error"
+    assert "RPC worker" in core.fatal_error
+    core.add(gen(P2, "b", max_tokens=2))
+    assert run(core)["b"].final.finish_reason == "length"
+    assert core.fatal_error is None

@@ -282,3 +282,19 @@ def test_n_cmpl_with_a_seed_gives_distinct_reproducible_choices(inproc, tiny_mod
         assert a[0]["content"] != a[1]["content"]                         # but the choices differ
 
     inproc(tiny_argv(tiny_model_path), scenario)
+
+
+def test_health_reports_a_failed_engine(inproc, tiny_model_path):
+    async def scenario(client):
+        from pyllama.server.state import STATE
+        st = client.server.app[STATE]
+        assert (await client.get("/health")).status == 200
+        st.engine.core.fatal_error = "llama_decode: llama.cpp aborted: lost the RPC worker"
+        r = await client.get("/health")
+        body = await r.json()
+        assert r.status == 503 and "lost the RPC worker" in body["error"]["message"]
+        # the next good decode clears it
+        await post_json(client, "/completion", {"prompt": "Hi", "n_predict": 2})
+        assert (await client.get("/health")).status == 200
+
+    inproc(tiny_argv(tiny_model_path), scenario)

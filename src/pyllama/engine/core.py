@@ -59,6 +59,8 @@ class EngineCore:
             cont_batching=cont_batching))
         self.metrics = EngineMetrics()
         self._samplers: Dict[str, Any] = {}
+        # set when llama.cpp aborted inside a decode (e.g. a lost RPC worker); cleared by the next good one
+        self.fatal_error: Optional[str] = None
 
     # ---- intake (engine thread) ----
     def make_state(self, request: Request, sampler: Any = None) -> RequestState:
@@ -114,6 +116,8 @@ class EngineCore:
             return emitted
         except DecodeError as e:
             # a failed batch: the requests in it fail, their slots are cleared, the engine goes on
+            if e.code <= -100:
+                self.fatal_error = str(e)
             for item in out.items:
                 sched.fail(item.state, e)
                 item.slot.cache.clear()
@@ -122,6 +126,7 @@ class EngineCore:
                 emitted.append(self._final(item.state))
             return emitted
         t2 = time.perf_counter()
+        self.fatal_error = None
         m = self.metrics
         m.n_decode_total += 1
         m.n_busy_slots_total += len(out.items)

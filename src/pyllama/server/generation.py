@@ -7,6 +7,7 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 from .. import _core
 from ..engine import AsyncEngine, Request, RequestOutput, RequestState
+from ..errors import GrammarError
 from ..params import DEFAULT_SEED, SamplingParams
 from .config import ServerConfig
 from .common import error_of
@@ -162,6 +163,20 @@ def check_requests(engine: AsyncEngine, requests: Sequence[Request]) -> None:
     sched = engine.core.scheduler
     for r in requests:
         sched.validate(RequestState(r, lambda t: b"", lambda t: False))
+    # A grammar is compiled when the engine builds the request's sampler: a GBNF that does not parse
+    # (or rejects the generation prompt) would fail only after a stream's 200 went out. Build one now.
+    runner = engine.core.runner
+    checked = set()
+    for r in requests:
+        key = (r.sampling.grammar, r.sampling.grammar_lazy, r.sampling.grammar_prefill)
+        if not r.sampling.grammar or key in checked:
+            continue
+        checked.add(key)
+        try:
+            sampler = runner.new_sampler(r)
+        except GrammarError as e:
+            raise APIError(400, f"invalid grammar: {e}") from None
+        runner.free_sampler(sampler)
 
 
 async def merged(engine: AsyncEngine, requests: Sequence[Request]) -> AsyncIterator[Tuple[int, RequestOutput]]:

@@ -28,6 +28,8 @@ async def health(request: web.Request) -> web.Response:
         return error_response(503, f"Model failed to load: {st.load_error}")
     if not st.ready:
         return error_response(503, "Loading model")
+    if st.engine is not None and st.engine.running and st.engine.core.fatal_error:
+        return error_response(503, f"the engine's last decode failed: {st.engine.core.fatal_error}")
     return web.json_response({"status": "ok"})
 
 
