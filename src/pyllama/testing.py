@@ -481,6 +481,30 @@ def write_random_model(
 # command line
 
 
+
+def write_random_lora(path: PathLike, *, n_embd: int = 64, n_layer: int = 2, rank: int = 4, seed: int = 0,
+                      std: float = 0.5, arch: str = "llama", targets: Sequence[str] = ("attn_q", "attn_v")
+                      ) -> pathlib.Path:
+    """A LoRA adapter GGUF (llama.cpp's adapter format) for ``targets`` of every layer of a model
+    written by :func:`write_random_model` with the same ``n_embd``/``n_layer`` (square projections)."""
+    rng = np.random.default_rng(seed)
+    path = pathlib.Path(path)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank))
+    for il in range(n_layer):
+        for t in targets:
+            # ggml shapes: a = [n_in, rank], b = [rank, n_out] (numpy shapes are reversed)
+            w.add_tensor(f"blk.{il}.{t}.weight.lora_a", rng.normal(0, std, (rank, n_embd)).astype(np.float32))
+            w.add_tensor(f"blk.{il}.{t}.weight.lora_b", rng.normal(0, std, (n_embd, rank)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m pyllama.testing",

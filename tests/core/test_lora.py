@@ -1,29 +1,14 @@
 """LoRA adapters: load, apply with a scale, remove; errors for bad files and the wrong model."""
-import gguf
 import numpy as np
 import pytest
 
 import pyllama
 from pyllama import Batch, Context, ContextParams
+from pyllama.testing import write_random_lora
 
 
-def write_lora(path, n_embd=64, n_layer=2, rank=4, seed=0, arch="llama"):
-    """A LoRA adapter GGUF for attn_q/attn_v of every layer (llama.cpp's adapter format)."""
-    rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_string("general.type", "adapter")
-    w.add_string("adapter.type", "lora")
-    w.add_float32("adapter.lora.alpha", float(rank))
-    for il in range(n_layer):
-        for t in ("attn_q", "attn_v"):
-            # ggml shapes: a = [n_in, rank], b = [rank, n_out] (numpy shapes are reversed)
-            w.add_tensor(f"blk.{il}.{t}.weight.lora_a", rng.normal(0, 0.5, (rank, n_embd)).astype(np.float32))
-            w.add_tensor(f"blk.{il}.{t}.weight.lora_b", rng.normal(0, 0.5, (n_embd, rank)).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+def write_lora(path, n_embd=64, n_layer=2, rank=4, seed=0):
+    return write_random_lora(path, n_embd=n_embd, n_layer=n_layer, rank=rank, seed=seed)
 
 
 def _logits(ctx, toks):

@@ -411,7 +411,6 @@ def test_forced_tool_call_sdk(llama_server, llama_client):
         assert call.type == "function" and call.id and call.function.name in names
         args = parse_args_json(call)
         jsonschema.validate(args, SCHEMAS[call.function.name])
-        print("forced call", tool_choice, res.usage.completion_tokens, args)
 
         # streaming, folded by the SDK's own stream helper: the same call
         with llama_client.chat.completions.stream(tool_choice=tool_choice, **kw) as s:
