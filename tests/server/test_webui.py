@@ -479,3 +479,37 @@ def test_stop_aborts_and_errors_are_shown(chromium, tmp_path):
             assert b.errors == []
 
     run(scenario())
+
+
+def test_chat_with_the_real_server(chromium, tmp_path, chat_model_path):
+    """The page against pyllama's own server and engine (random weights: any text will do)."""
+    from aiohttp.test_utils import TestServer
+
+    from pyllama.server import create_app, parse_args, wait_ready
+
+    async def scenario():
+        cfg = parse_args(["-m", str(chat_model_path), "-np", "2", "-c", "1024", "-t", "1", "-tb", "1",
+                          "-a", "real-model"], environ={})
+        app = create_app(cfg)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            await wait_ready(app, timeout=120)
+            async with Browser(chromium, tmp_path / "profile") as b:
+                await b.goto(str(server.make_url("/")))
+                await b.wait_for("document.querySelector('#model-name').textContent === 'real-model'",
+                                 "the model alias from the real /props")
+                await b.type("#max-tokens", "12")
+                await b.type("#input", "hello there")
+                await b.click("#send")
+                await b.wait_for(f"!!{LAST_ASSISTANT}?.querySelector('.speed')", "a streamed reply from the engine",
+                                 timeout=120)
+                text = await b.eval(f"{LAST_ASSISTANT}.querySelector('.content').textContent")
+                speed = await b.eval(f"{LAST_ASSISTANT}.querySelector('.speed').textContent")
+                assert text.strip(), "the reply is empty"
+                assert re.match(r"\d+ tokens, [\d.]+ tok/s", speed), speed
+                assert b.errors == []
+        finally:
+            await server.close()
+
+    run(scenario())
