@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -47,7 +47,8 @@ WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "e
 TIME_SCHEMA = {"type": "object", "properties": {"tz": {"type": "string", "enum": ["UTC", "CET"]},
                                                 "24h": {"type": "boolean"}},
                "required": ["tz", "24h"], "additionalProperties": False}
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city",
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather",
+                                                 "description": "Get the current weather in a city",
                                                  "parameters": WEATHER_SCHEMA}}
 TIME_TOOL = {"type": "function", "function": {"name": "get_time", "description": "Get the time in a time zone",
                                               "parameters": TIME_SCHEMA}}
@@ -289,12 +290,17 @@ def test_family_tools_render_run_and_parse(inproc, template_model, family):
         ids = [c.id for c in folded.message.tool_calls]
         assert all(ids) and len(set(ids)) == len(ids)
 
-        # cut off by max_tokens in the middle of a call: finish_reason stays "length"
-        scripted_output(st, output, finish_reason="length")
-        res = await post(client, "/v1/chat/completions", body)
-        assert res["choices"][0]["finish_reason"] == "length"
+        # cut off by max_tokens in the middle of a call: finish_reason stays "length" (as llama-server's),
+        # and the stream says what the whole response says (partial arguments included)
+        scripted_output(st, output[:len(output) * 2 // 3], finish_reason="length")
+        whole = ChatCompletion.model_validate(await post(client, "/v1/chat/completions", body)).choices[0]
         chunks = await stream(client, "/v1/chat/completions", body)
-        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        check_tool_call_deltas(chunks)
+        folded = fold_chunks(chunks).choices[0]
+        assert whole.finish_reason == folded.finish_reason == "length"
+        assert (whole.message.content or "") == (folded.message.content or "")
+        assert [(c.function.name, c.function.arguments) for c in whole.message.tool_calls or []] == \
+            [(c.function.name, c.function.arguments) for c in folded.message.tool_calls or []]
 
         # plain text with tools offered: content, no tool_calls, finish_reason "stop"
         scripted_output(st, "No tool needed: it is sunny.")
@@ -428,7 +434,8 @@ def test_forced_tool_call_sdk(llama_server, llama_client):
     res = llama_client.chat.completions.create(model="m", tools=TOOLS, max_tokens=4, temperature=0, extra_body=PIN_DATE,
                                                messages=[
         *USER, {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Berlin"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Berlin"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}])
     assert res.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
