@@ -288,3 +288,34 @@ def test_slot_save_restore_erase(tiny_model, tmp_path):
     assert b[2].usage["prompt_tokens_details"]["cached_tokens"] == len(p) - 1
     assert a[1] == b[1]
     assert slots[0]["n_cached"] == 0 and slots[1]["n_cached"] > len(p)
+
+
+def test_context_shift_keeps_generating_past_the_context(tiny_model):
+    async def main():
+        e = make_engine(tiny_model, n_parallel=1, n_ctx=256, context_shift=True, n_keep=4)
+        e.start()
+        try:
+            res = await collect(e, Request(prompt=prompts(tiny_model, 1)[0], sampling=GREEDY, max_tokens=400,
+                                           ignore_eos=True))
+            slots = await e.slots()
+        finally:
+            await e.stop()
+        return res, slots
+
+    (text, toks, final), slots = run(main())
+    assert final.finish_reason == "length" and len(toks) == 400      # 400 > the 256-token context
+    assert slots[0]["n_cached"] <= 256
+
+
+def test_without_context_shift_generation_stops_at_the_context(tiny_model):
+    async def main():
+        e = make_engine(tiny_model, n_parallel=1, n_ctx=256)
+        e.start()
+        try:
+            return await collect(e, Request(prompt=prompts(tiny_model, 1)[0], sampling=GREEDY, max_tokens=400,
+                                            ignore_eos=True))
+        finally:
+            await e.stop()
+
+    text, toks, final = run(main())
+    assert final.finish_reason == "length" and len(toks) < 256
