@@ -34,3 +34,9 @@ class APIError(Exception):
 
     def body(self) -> Dict[str, Any]:
         return error_body(self.status, self.message, self.type, **self.extra)
+
+
+def require_enabled(enabled: object, what: str, flag: str) -> None:
+    """501 with llama-server's wording when an endpoint's feature was not switched on."""
+    if not enabled:
+        raise APIError(501, f"This server does not support {what}. Start it with `{flag}`", "not_supported_error")

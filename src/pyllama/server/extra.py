@@ -7,16 +7,14 @@ from aiohttp import web
 
 from ..errors import ContextLimitError
 from .common import parse, read_json, validate
-from .errors import APIError
+from .errors import APIError, require_enabled
 from .schemas import InfillRequest, LoraItem, RerankRequest
 from .state import STATE
 
 
 async def rerank(request: web.Request) -> web.Response:
     st = request.app[STATE].require()
-    if not st.config.reranking:
-        raise APIError(501, "This server does not support reranking. Start it with `--reranking`",
-                       "not_supported_error")
+    require_enabled(st.config.reranking, "reranking", "--reranking")
     req = await parse(request, RerankRequest)
     vocab = st.vocab
     q = vocab.tokenize(req.query, add_special=False, parse_special=False)

@@ -13,7 +13,7 @@ from ..engine import RequestOutput
 from ..errors import PyllamaError, StateError
 from . import metrics as prom
 from .common import error_of, parse
-from .errors import APIError, error_response
+from .errors import APIError, error_response, require_enabled
 from .generation import (check_requests, collect, make_request, merged, prompt_tokens, sampling_params,
                          stop_list)
 from .openai import compute_embeddings
@@ -184,17 +184,13 @@ async def props(request: web.Request) -> web.Response:
 
 async def props_post(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    if not st.config.props:
-        raise APIError(501, "This server does not support changing global properties. Start it with `--props`",
-                       "not_supported_error")
+    require_enabled(st.config.props, "changing global properties", "--props")
     raise APIError(501, "changing global properties is not supported by pyllama yet", "not_supported_error")
 
 
 async def slots(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    if not st.config.slots:
-        raise APIError(501, "This server does not support slots endpoint. Start it with `--slots`",
-                       "not_supported_error")
+    require_enabled(st.config.slots, "slots endpoint", "--slots")
     st.require()
     info = await st.engine.slots()
     if request.query.get("fail_on_no_slot") in ("1", "true") and all(s["is_processing"] for s in info):
@@ -219,9 +215,7 @@ async def slot_action(request: web.Request) -> web.Response:
         if action == "erase":
             res = await st.engine.erase_slot(id_slot)
             return web.json_response(res)
-        if not cfg.slot_save_path:
-            raise APIError(501, "This server does not support slot save/restore. Start it with `--slot-save-path`",
-                           "not_supported_error")
+        require_enabled(cfg.slot_save_path, "slot save/restore", "--slot-save-path")
         body = await request.json() if request.can_read_body else {}
         filename = body.get("filename") if isinstance(body, dict) else None
         if not isinstance(filename, str) or not filename or not _SAFE.match(filename) or filename in (".", ".."):
@@ -248,9 +242,7 @@ async def slot_action(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    if not st.config.metrics:
-        raise APIError(501, "This server does not support metrics endpoint. Start it with `--metrics`",
-                       "not_supported_error")
+    require_enabled(st.config.metrics, "metrics endpoint", "--metrics")
     st.require()
     m = await st.engine.metrics()
     return web.Response(text=prom.render(m), content_type="text/plain", charset="utf-8",

@@ -13,7 +13,7 @@ from ..chat import (ChatDeltaParser, chat_stops, json_schema_from_response_forma
 from ..engine import RequestOutput
 from ..errors import ChatTemplateError, ContextLimitError, GrammarError
 from .common import error_of, now, parse, usage
-from .errors import APIError
+from .errors import APIError, require_enabled
 from .generation import (check_requests, collect, make_request, merged, prompt_tokens, sampling_params,
                          stop_list)
 from .schemas import ChatCompletionRequest, EmbeddingRequest, OAICompletionRequest
@@ -253,9 +253,7 @@ async def compute_embeddings(request: web.Request, pooled: bool) -> Tuple[Server
     """Shared by /v1/embeddings and /embedding(s): validate, tokenize, embed through the engine."""
     st = request.app[STATE].require()
     cfg = st.config
-    if not cfg.embedding:
-        raise APIError(501, "This server does not support embeddings. Start it with `--embeddings`",
-                       "not_supported_error")
+    require_enabled(cfg.embedding, "embeddings", "--embeddings")
     req = await parse(request, EmbeddingRequest)
     try:
         inputs = embedding_inputs(st.vocab, req.inputs())
