@@ -14,6 +14,12 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   echo "ci: installing chromium"
   (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "ci: could not install chromium"
 fi
+# nginx for the replicas example test (tests/server/test_replicas_nginx.py skips, saying why, without it)
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ]; then
+  echo "ci: installing nginx-light"
+  (apt-get update -qq && apt-get install -y -qq nginx-light) >/dev/null 2>&1 || echo "ci: could not install nginx"
+fi
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 export CCACHE_BASEDIR="$ROOT"       # paths relative to the checkout, so a fresh clone hits the cache
 export CCACHE_NOHASHDIR=1
