@@ -8,43 +8,14 @@
 # Then run the check:  .venv-vulkan/bin/python ci/test_vulkan.py
 #   bash ci/build_vulkan.sh
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
+export PYLLAMA_VENV="${PYLLAMA_VULKAN_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv-vulkan}"
+# shellcheck disable=SC1091
+. "$(dirname "$0")/env.sh"      # apt_ensure, ccache, the venv (activated)
 
-# --- system packages --------------------------------------------------------------------------
-need=()
-[ -f /usr/include/vulkan/vulkan.h ] || need+=(libvulkan-dev)
-command -v glslc >/dev/null 2>&1 || need+=(glslc)
-[ -d /usr/share/cmake/SPIRV-Headers ] || need+=(spirv-headers)   # ggml-vulkan: find_package(SPIRV-Headers)
-compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null || need+=(mesa-vulkan-drivers)
-command -v vulkaninfo >/dev/null 2>&1 || need+=(vulkan-tools)
-command -v ccache >/dev/null 2>&1 || need+=(ccache)
-if [ "${#need[@]}" -gt 0 ]; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "ci: installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "ci: missing ${need[*]}; install them (Debian: apt-get install ${need[*]})" >&2
-    exit 1
-  fi
-fi
+# Vulkan headers and loader, SPIR-V headers (ggml-vulkan: find_package(SPIRV-Headers)), the
+# shader compiler, and Mesa's drivers (incl. the software "lavapipe" device, llvmpipe)
+apt_ensure libvulkan-dev glslc spirv-headers mesa-vulkan-drivers vulkan-tools
 command -v vulkaninfo >/dev/null 2>&1 && vulkaninfo --summary 2>/dev/null | grep -E "deviceName|deviceType|driverName" || true
-
-# --- compiler cache ---------------------------------------------------------------------------
-export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
-export CCACHE_BASEDIR="$ROOT"       # paths relative to the checkout, so other checkouts hit the cache
-export CCACHE_NOHASHDIR=1
-export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
-
-# --- the Vulkan virtual environment -----------------------------------------------------------
-PY="${PYTHON:-python3}"
-VENV="${PYLLAMA_VULKAN_VENV:-$ROOT/.venv-vulkan}"
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "ci: creating $VENV"
-  "$PY" -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 
 "$VENV/bin/python" scripts/vendor_llama_cpp.py
 

@@ -1,25 +1,29 @@
-# Sourced by the ci/ scripts: one virtual environment and a shared compiler cache.
+# Sourced by the ci/ scripts: apt_ensure, a shared compiler cache and one virtual environment
+# ($PYLLAMA_VENV, default .venv), activated.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# ccache keeps rebuilds (and CI reruns from fresh clones) fast; install it when we can.
-if ! command -v ccache >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  echo "ci: installing ccache"
-  (apt-get update -qq && apt-get install -y -qq ccache) >/dev/null 2>&1 || echo "ci: could not install ccache (builds will be slower)"
-fi
-# headless Chromium for the web UI test (tests/server/test_webui.py skips, saying why, without it)
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-   && [ -z "${PYLLAMA_WEBUI_NO_INSTALL:-}" ]; then
-  echo "ci: installing chromium"
-  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "ci: could not install chromium"
-fi
-# nginx for the replicas example test (tests/server/test_replicas_nginx.py skips, saying why, without it)
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null 2>&1 \
-   && [ "$(id -u)" = 0 ]; then
-  echo "ci: installing nginx-light"
-  (apt-get update -qq && apt-get install -y -qq nginx-light) >/dev/null 2>&1 || echo "ci: could not install nginx"
-fi
+# apt_ensure PACKAGE... : install the Debian packages that are missing, when we are root with apt;
+# otherwise say what is missing and go on (callers decide whether that is fatal).
+apt_ensure() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "ci: installing ${missing[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null 2>&1 \
+      || { echo "ci: could not install ${missing[*]}"; return 1; }
+  else
+    echo "ci: missing ${missing[*]} (Debian: apt-get install ${missing[*]})"
+    return 1
+  fi
+}
+
+# ccache keeps rebuilds (and CI reruns from fresh clones) fast
+command -v ccache >/dev/null 2>&1 || apt_ensure ccache || echo "ci: no ccache, builds will be slower"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 export CCACHE_BASEDIR="$ROOT"       # paths relative to the checkout, so a fresh clone hits the cache
 export CCACHE_NOHASHDIR=1

@@ -152,7 +152,7 @@ def scripted_output(st, text: str, finish_reason: str = "stop") -> None:
     model only: validation, rendering, parsing and the responses stay the server's own)."""
     pieces = token_pieces(st.vocab, text)
 
-    async def generate(request):
+    async def outputs(request):
         n = len(pieces)
         for i, (tok, piece) in enumerate(pieces):
             last = i == n - 1
@@ -162,7 +162,21 @@ def scripted_output(st, text: str, finish_reason: str = "stop") -> None:
                                 finish_reason=finish_reason if last else None,
                                 usage=usage if last else None, timings={} if last else None)
 
-    st.engine.generate = generate      # AsyncEngine.complete() goes through self.generate too
+    class Stream:                       # the interface of AsyncEngine.generate()'s RequestStream
+        def __init__(self, request):
+            self.request_id = request.id
+            self._it = outputs(request)
+
+        def __aiter__(self):
+            return self
+
+        def __anext__(self):
+            return self._it.__anext__()
+
+        def close(self):
+            pass
+
+    st.engine.generate = Stream         # AsyncEngine.complete()/embed() and the server go through it
 
 
 def render(st, body: Dict[str, Any]) -> Dict[str, Any]:

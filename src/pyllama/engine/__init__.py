@@ -1,10 +1,10 @@
 """The engine: slots and continuous batching over one llama context."""
-from .async_engine import AsyncEngine, EngineStoppedError
+from .async_engine import AsyncEngine, EngineStoppedError, RequestStream, fold
 from .core import EngineCore, EngineMetrics, Runner
 from .request import FINISH_REASON, Request, RequestKind, RequestOutput, RequestState, RequestStatus, TokenLogprob
 from .runner import LlamaRunner, normalize_embedding
 from .scheduler import BatchItem, MemOp, Scheduler, SchedulerConfig, SchedulerOutput
 
-__all__ = ["AsyncEngine", "EngineStoppedError", "EngineCore", "EngineMetrics", "Runner", "FINISH_REASON", "Request",
+__all__ = ["AsyncEngine", "EngineStoppedError", "RequestStream", "fold", "EngineCore", "EngineMetrics", "Runner", "FINISH_REASON", "Request",
            "RequestKind", "RequestOutput", "RequestState", "RequestStatus", "TokenLogprob", "LlamaRunner",
            "normalize_embedding", "BatchItem", "MemOp", "Scheduler", "SchedulerConfig", "SchedulerOutput"]

@@ -10,13 +10,13 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .. import _core
 from ..errors import PyllamaError
 from ..params import ContextParams
 from .core import EngineCore
-from .request import Request, RequestKind, RequestOutput, RequestState
+from .request import Request, RequestKind, RequestOutput
 from .runner import LlamaRunner
 
 logger = logging.getLogger("pyllama.engine")
@@ -199,55 +199,36 @@ class AsyncEngine:
             raise EngineStoppedError("the engine is not running")
         return self._core
 
-    async def generate(self, request: Request) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs. Cancelling (or closing) the iterator aborts the request.
+    def generate(self, request: Request) -> "RequestStream":
+        """Submit a request now and return the stream of its outputs (``async for``).
 
-        A request that fails before producing anything raises its error (ContextLimitError, ...);
-        one that fails later ends with an output whose ``error`` is set and finish_reason "error".
+        Everything that can be checked up front is checked here, before the first output: a prompt
+        over the context (ContextLimitError), a grammar that does not compile (GrammarError), a bad
+        id_slot. A request that fails later ends with an output whose ``error`` is set and
+        finish_reason "error". Closing the stream, cancelling its reader or dropping it aborts the
+        request.
         """
         core = self._check_running()
-        core.scheduler.validate(RequestState(request, lambda t: b"", lambda t: False))
+        core.scheduler.validate(request)
         sampler = core.runner.new_sampler(request) if request.kind is RequestKind.GENERATE else None
         q: asyncio.Queue = asyncio.Queue()
         self._queues[request.id] = q
         self._inbox.put(("add", request, sampler))
-        finished = False
-        produced = False
-        try:
-            while True:
-                out: RequestOutput = await q.get()
-                if out.finished:
-                    finished = True
-                    if out.error is not None and not produced and not out.token_ids and out.embedding is None:
-                        raise out.error     # failed before producing anything: a plain exception
-                produced = True
-                yield out
-                if finished:
-                    return
-        finally:
-            self._queues.pop(request.id, None)
-            if not finished:
-                self.abort(request.id)
+        return RequestStream(self, request.id, q)
+
+    submit = generate
 
     async def complete(self, request: Request) -> RequestOutput:
         """Run a request to the end; returns one output with all text, tokens and logprobs."""
-        total = RequestOutput(request.id)
-        async for o in self.generate(request):
-            total.text += o.text
-            total.token_ids.extend(o.token_ids)
-            total.logprobs.extend(o.logprobs)
-            if o.finished:
-                for k in ("finished", "finish_reason", "stop_word", "error", "usage", "timings", "embedding",
-                          "id_slot"):
-                    setattr(total, k, getattr(o, k))
-        return total
+        return await fold(self.generate(request))
 
     async def embed(self, inputs: Sequence[Sequence[int]], *, pooled: bool = True,
                     normalize: int = 2) -> List[Any]:
         """Embeddings of token lists, batched across the engine's slots."""
         reqs = [Request(prompt=tuple(toks), kind=RequestKind.EMBED, pooled=pooled, embd_normalize=normalize,
                         cache_prompt=False) for toks in inputs]
-        outs = await asyncio.gather(*(self.complete(r) for r in reqs))
+        streams = [self.generate(r) for r in reqs]
+        outs = await asyncio.gather(*(fold(st) for st in streams))
         for o in outs:
             if o.error is not None:
                 raise o.error
@@ -279,6 +260,65 @@ class AsyncEngine:
 
     async def erase_slot(self, id_slot: int) -> Dict[str, Any]:
         return await self.call(lambda core: _slot_op(core, id_slot, "erase", None))
+
+
+class RequestStream:
+    """The outputs of one submitted request, in order; the last has ``finished`` set.
+
+    A request that fails before producing anything raises its error from the iteration.
+    """
+
+    def __init__(self, engine: AsyncEngine, request_id: str, queue: asyncio.Queue):
+        self.engine = engine
+        self.request_id = request_id
+        self._queue = queue
+        self._done = False
+        self._produced = False
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            out: RequestOutput = await self._queue.get()
+        except BaseException:       # the reader was cancelled (a client went away): abort
+            self.close()
+            raise
+        if out.finished:
+            self._done = True
+            self.engine._queues.pop(self.request_id, None)
+            if out.error is not None and not self._produced and not out.token_ids and out.embedding is None:
+                raise out.error
+        self._produced = True
+        return out
+
+    def close(self) -> None:
+        """Abort the request unless it finished. Idempotent."""
+        if not self._done:
+            self._done = True
+            self.engine._queues.pop(self.request_id, None)
+            self.engine.abort(self.request_id)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+async def fold(stream: "RequestStream") -> RequestOutput:
+    """Read a stream to the end: one output with all text, tokens and logprobs and the final fields."""
+    total = RequestOutput(stream.request_id)
+    async for o in stream:
+        total.text += o.text
+        total.token_ids.extend(o.token_ids)
+        total.logprobs.extend(o.logprobs)
+        if o.finished:
+            for k in ("finished", "finish_reason", "stop_word", "error", "usage", "timings", "embedding", "id_slot"):
+                setattr(total, k, getattr(o, k))
+    return total
 
 
 def _slot_op(core: EngineCore, id_slot: int, action: str, path: Optional[str]) -> Dict[str, Any]:

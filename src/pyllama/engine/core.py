@@ -63,23 +63,17 @@ class EngineCore:
         self.fatal_error: Optional[str] = None
 
     # ---- intake (engine thread) ----
-    def make_state(self, request: Request, sampler: Any = None) -> RequestState:
-        st = RequestState(request, self.runner.piece, self.runner.is_eog)
-        self.scheduler.validate(st)
+    def add(self, request: Request, sampler: Any = None) -> RequestState:
+        """Queue a request (validated here: raises ContextLimitError, ValueError...).
+
+        ``sampler``: one already built for it (AsyncEngine builds it in the caller's thread)."""
+        self.scheduler.validate(request)
         if request.kind is RequestKind.GENERATE and sampler is None:
-            sampler = self.runner.new_sampler(request)
+            sampler = self.runner.new_sampler(request)      # may raise GrammarError: nothing queued yet
+        st = RequestState(request, self.runner.piece, self.runner.is_eog)
+        self.scheduler.add(st)
         if sampler is not None:
             self._samplers[request.id] = sampler
-        return st
-
-    def add(self, request: Request, sampler: Any = None) -> RequestState:
-        """Queue a request (validated here: raises ContextLimitError, ValueError...)."""
-        st = self.make_state(request, sampler)
-        try:
-            self.scheduler.add(st)
-        except BaseException:
-            self._drop_sampler(st.id)
-            raise
         self.metrics.n_requests_total += 1
         return st
 
@@ -106,32 +100,25 @@ class EngineCore:
         try:
             rows = self.runner.decode(out.items)
         except KVCacheFullError:
+            # shrink the next batch; a lone token that cannot fit fails its request only
             t2 = time.perf_counter()
-            for st in sched.on_kv_full(out):
-                self.runner.apply(MemOp("rm", st.slot, 0, -1))
-                sched.release(st)
-                emitted.append(self._final(st))
+            emitted += [self._evict(st) for st in sched.on_kv_full(out)]
             self.metrics.t_decode_total += t2 - t1
             self.metrics.t_step_python_total += (t1 - t0) + (time.perf_counter() - t2)
             return emitted
         except DecodeError as e:
-            # a failed batch: the requests in it fail, their slots are cleared, the engine goes on
+            # a failed batch: the requests in it fail, the engine goes on
             if e.code <= -100:
                 self.fatal_error = str(e)
             for item in out.items:
                 sched.fail(item.state, e)
-                item.slot.cache.clear()
-                self.runner.apply(MemOp("rm", item.slot.id, 0, -1))
-                sched.release(item.state)
-                emitted.append(self._final(item.state))
+                emitted.append(self._evict(item.state))
             return emitted
         t2 = time.perf_counter()
         self.fatal_error = None
         m = self.metrics
         m.n_decode_total += 1
         m.n_busy_slots_total += len(out.items)
-        for item in out.items:
-            m.n_tokens_max = max(m.n_tokens_max, len(item.slot.cache) + len(item.tokens))
         m.t_decode_total += t2 - t1
         sched.on_decoded(out)
         now = time.perf_counter()
@@ -158,9 +145,9 @@ class EngineCore:
             except PyllamaError as e:
                 st.finish(RequestStatus.FINISHED_ERROR, e)
                 continue
-            st.add_token(tok, lp, item.slot.n_ctx - len(item.slot.cache) if not sched.config.context_shift
-                         else 1 << 30)
+            st.add_token(tok, lp)
         for item in out.items:
+            m.n_tokens_max = max(m.n_tokens_max, len(item.slot.cache))
             st = item.state
             if st.status.finished:
                 if st.id in sched.by_id:
@@ -170,6 +157,14 @@ class EngineCore:
                 emitted.append(st.take_output())
         m.t_step_python_total += (t1 - t0) + (time.perf_counter() - t2)
         return emitted
+
+    def _evict(self, st: RequestState) -> RequestOutput:
+        """A failed request leaves: its slot's KV is dropped (it may be inconsistent), its final output."""
+        slot = self.scheduler.slots[st.slot]
+        slot.cache.clear()
+        self.runner.apply(MemOp("rm", slot.id, 0, -1))
+        self.scheduler.release(st)
+        return self._final(st)
 
     def _final(self, st: RequestState) -> RequestOutput:
         o = st.final_output()

@@ -107,7 +107,7 @@ class RequestState:
     Pure Python: ``piece(token) -> bytes`` and ``is_eog(token) -> bool`` come from the runner.
     """
 
-    __slots__ = ("request", "status", "slot", "n_past", "n_cached", "generated", "detok", "stops",
+    __slots__ = ("request", "status", "slot", "n_cached", "generated", "detok", "stops",
                  "t_arrival", "t_start", "t_prompt_done", "t_last", "pending", "_is_eog", "error",
                  "stop_word", "n_prompt_decoded")
 
@@ -115,7 +115,6 @@ class RequestState:
         self.request = request
         self.status = RequestStatus.WAITING
         self.slot: Optional[int] = None
-        self.n_past = 0                 # prompt tokens already in the slot's KV
         self.n_cached = 0               # of which reused from the cache
         self.n_prompt_decoded = 0
         self.generated: List[int] = []
@@ -143,8 +142,10 @@ class RequestState:
         o, self.pending = self.pending, None
         return o
 
-    def add_token(self, token: int, lp: Optional[TokenLogprob], n_ctx_left: int) -> None:
-        """Record a sampled token; set a final status when it ends the request."""
+    def add_token(self, token: int, lp: Optional[TokenLogprob]) -> None:
+        """Record a sampled token; set a final status when it ends the request.
+
+        (A slot whose context is full is the scheduler's to handle: shift or finish "length".)"""
         req = self.request
         self.generated.append(token)
         self.t_last = time.perf_counter()
@@ -161,7 +162,7 @@ class RequestState:
         if matched is not None:
             self.stop_word = matched
             self.status = RequestStatus.FINISHED_STOPPED
-        elif (req.max_tokens >= 0 and len(self.generated) >= req.max_tokens) or n_ctx_left <= 0:
+        elif req.max_tokens >= 0 and len(self.generated) >= req.max_tokens:
             self.finish(RequestStatus.FINISHED_LENGTH)
 
     def finish(self, status: RequestStatus, error: Optional[BaseException] = None) -> None:

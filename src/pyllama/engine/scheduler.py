@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Optional
 
 from ..errors import ContextLimitError, KVCacheFullError
-from .request import RequestKind, RequestState, RequestStatus
+from .request import Request, RequestKind, RequestState, RequestStatus
 from .slot import Slot, common_prefix
 
 
@@ -42,7 +42,6 @@ class SchedulerOutput:
     items: List[BatchItem] = field(default_factory=list)
     mem_ops: List[MemOp] = field(default_factory=list)
     finished: List[RequestState] = field(default_factory=list)   # ended without decoding (abort...)
-    admitted: List[RequestState] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
@@ -72,9 +71,9 @@ class Scheduler:
         self._budget_cap = config.n_batch
 
     # ---- intake ----
-    def validate(self, state: RequestState) -> None:
+    def validate(self, req: Request) -> None:
         """Reject what can never run, with both numbers in the message."""
-        req, cfg = state.request, self.config
+        cfg = self.config
         n = len(req.prompt)
         if req.kind is RequestKind.EMBED:
             limit = min(cfg.n_batch, cfg.n_ubatch, cfg.n_ctx_slot)
@@ -92,7 +91,7 @@ class Scheduler:
             raise ValueError(f"duplicate request id {req.id!r}")
 
     def add(self, state: RequestState) -> None:
-        self.validate(state)
+        self.validate(state.request)
         self.waiting.append(state)
         self.by_id[state.id] = state
 
@@ -191,7 +190,6 @@ class Scheduler:
             more = self.schedule()
             more.finished[:0] = out.finished
             more.mem_ops[:0] = out.mem_ops
-            more.admitted[:0] = out.admitted
             return more
         return out
 
@@ -216,10 +214,9 @@ class Scheduler:
             if keep < len(slot.cache) or not slot.cache:
                 out.mem_ops.append(MemOp("rm", slot.id, keep, -1))
             del slot.cache[keep:]
-            st.n_cached = st.n_past = keep
+            st.n_cached = keep
             st.status = RequestStatus.PREFILL
             st.t_start = time.perf_counter()
-            out.admitted.append(st)
         self.waiting = still
 
     def _pick_slot(self, st: RequestState) -> Optional[Slot]:
@@ -231,9 +228,10 @@ class Scheduler:
         if not free:
             return None
         if req.cache_prompt and req.kind is RequestKind.GENERATE:
-            best = max(free, key=lambda s: (common_prefix(s.cache, req.prompt), -s.last_used))
+            lcp, _, neg_id = max((common_prefix(s.cache, req.prompt), -s.last_used, -s.id) for s in free)
+            best = self.slots[-neg_id]
             # reuse a cache only when it covers enough of the prompt (llama-server's --slot-prompt-similarity)
-            if common_prefix(best.cache, req.prompt) > self.config.slot_prompt_similarity * len(req.prompt):
+            if lcp > self.config.slot_prompt_similarity * len(req.prompt):
                 return best
         return min(free, key=lambda s: s.last_used)
 
@@ -257,7 +255,6 @@ class Scheduler:
             item.slot.cache.extend(item.tokens)
             st = item.state
             if item.prefill:
-                st.n_past += len(item.tokens)
                 st.n_prompt_decoded += len(item.tokens)
                 if item.logits:
                     st.status = RequestStatus.DECODING
@@ -271,14 +268,11 @@ class Scheduler:
         if n > 1 and not lone_embed:
             self._budget_cap = max(1, min(self._budget_cap, n) // 2)
             return []
-        victims = []
         for item in out.items:
             self.fail(item.state, KVCacheFullError(
                 f"the KV cache is full: no room for request {item.state.id} "
                 f"(slot {item.slot.id} holds {len(item.slot.cache)} tokens)", 1))
-            item.slot.cache.clear()
-            victims.append(item.state)
-        return victims
+        return [item.state for item in out.items]
 
     def slots_info(self) -> List[dict]:
         return [s.info() for s in self.slots]

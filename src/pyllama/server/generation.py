@@ -6,7 +6,7 @@ import asyncio
 from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 from .. import _core
-from ..engine import AsyncEngine, Request, RequestOutput, RequestState
+from ..engine import AsyncEngine, Request, RequestOutput, RequestStream, fold
 from ..errors import GrammarError
 from ..params import DEFAULT_SEED, SamplingParams
 from .config import ServerConfig
@@ -157,49 +157,50 @@ def make_request(tokens: Sequence[int], fields: SamplingFields, cfg: ServerConfi
                    cache_prompt=cache, id_slot=fields.id_slot)
 
 
-def check_requests(engine: AsyncEngine, requests: Sequence[Request]) -> None:
-    """Reject what can never run (a prompt over the context, a bad id_slot) before a response starts:
-    once a stream's headers are sent, its status can no longer say 400."""
-    sched = engine.core.scheduler
-    for r in requests:
-        sched.validate(RequestState(r, lambda t: b"", lambda t: False))
-    # A grammar is compiled when the engine builds the request's sampler: a GBNF that does not parse
-    # (or rejects the generation prompt) would fail only after a stream's 200 went out. Build one now.
-    runner = engine.core.runner
-    checked = set()
-    for r in requests:
-        key = (r.sampling.grammar, r.sampling.grammar_lazy, r.sampling.grammar_prefill)
-        if not r.sampling.grammar or key in checked:
-            continue
-        checked.add(key)
+def submit_all(engine: AsyncEngine, requests: Sequence[Request]) -> List[RequestStream]:
+    """Submit every request before a response starts: what can never run (a prompt over the context,
+    a grammar that does not compile, a bad id_slot) raises now, while the status can still say 400.
+    If one fails, the ones already submitted are aborted."""
+    streams: List[RequestStream] = []
+    try:
+        for r in requests:
+            streams.append(engine.generate(r))
+    except GrammarError as e:
+        for st in streams:
+            st.close()
+        raise APIError(400, f"invalid grammar: {e}") from None
+    except BaseException:
+        for st in streams:
+            st.close()
+        raise
+    return streams
+
+
+async def merged(streams: Sequence[RequestStream]) -> AsyncIterator[Tuple[int, RequestOutput]]:
+    """Outputs of several request streams as they come: (index, output). Leaving early aborts the rest."""
+    if len(streams) == 1:
         try:
-            sampler = runner.new_sampler(r)
-        except GrammarError as e:
-            raise APIError(400, f"invalid grammar: {e}") from None
-        runner.free_sampler(sampler)
-
-
-async def merged(engine: AsyncEngine, requests: Sequence[Request]) -> AsyncIterator[Tuple[int, RequestOutput]]:
-    """Outputs of several requests as they come: (index, output). Closing it aborts the rest."""
-    if len(requests) == 1:
-        async for o in engine.generate(requests[0]):
-            if o.finished:
-                log_final(o)
-            yield 0, o
+            async for o in streams[0]:
+                if o.finished:
+                    log_final(o)
+                yield 0, o
+        finally:
+            streams[0].close()
         return
     q: asyncio.Queue = asyncio.Queue()
     done = object()
 
-    async def pump(i: int, req: Request) -> None:
+    async def pump(i: int, stream: RequestStream) -> None:
         try:
-            async for o in engine.generate(req):
+            async for o in stream:
                 await q.put((i, o))
         except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
             await q.put((i, e))
         finally:
+            stream.close()
             await q.put((i, done))
 
-    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    tasks = [asyncio.create_task(pump(i, st)) for i, st in enumerate(streams)]
     remaining = len(tasks)
     try:
         while remaining:
@@ -218,9 +219,13 @@ async def merged(engine: AsyncEngine, requests: Sequence[Request]) -> AsyncItera
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def collect(engine: AsyncEngine, requests: Sequence[Request]) -> List[RequestOutput]:
-    """Run requests to the end; one folded output each, in order. A failed one raises its APIError."""
-    outs = await asyncio.gather(*(engine.complete(r) for r in requests))
+async def collect(streams: Sequence[RequestStream]) -> List[RequestOutput]:
+    """Read streams to the end; one folded output each, in order. A failed one raises its APIError."""
+    try:
+        outs = await asyncio.gather(*(fold(st) for st in streams))
+    finally:
+        for st in streams:
+            st.close()
     for o in outs:
         log_final(o)
     for o in outs:

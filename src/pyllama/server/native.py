@@ -14,7 +14,7 @@ from ..errors import PyllamaError, StateError
 from . import metrics as prom
 from .common import error_of, parse
 from .errors import APIError, error_response, require_enabled
-from .generation import (check_requests, collect, make_request, merged, prompt_tokens, sampling_params,
+from .generation import (submit_all, collect, make_request, merged, prompt_tokens, sampling_params,
                          stop_list)
 from .openai import compute_embeddings
 from .schemas import ApplyTemplateRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -78,7 +78,7 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
     n_probs = req.n_probs or 0
     reqs = [make_request(p, req, cfg, sampling, max_tokens=max_tokens, stop=stop_list(req.stop), n_probs=n_probs,
                          choice=j) for p in prompts for j in range(req.n_cmpl)]
-    check_requests(st.engine, reqs)
+    streams = submit_all(st.engine, reqs)
 
     def final_fields(i: int, o: RequestOutput, content: str, tokens: List[int]) -> Dict[str, Any]:
         d: Dict[str, Any] = {
@@ -97,7 +97,7 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
 
     if req.stream:
         async with SSEWriter(request, cfg.sse_ping_interval) as sse:
-            async for i, o in merged(st.engine, reqs):
+            async for i, o in merged(streams):
                 if o.finished and o.error is not None:
                     await sse.send(error_of(o))
                     return sse.response
@@ -114,7 +114,7 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
                     await sse.send(chunk)
         return sse.response
 
-    outs = await collect(st.engine, reqs)
+    outs = await collect(streams)
     results = []
     for i, o in enumerate(outs):
         results.append(final_fields(i, o, o.text, o.token_ids))

@@ -14,7 +14,7 @@ from ..engine import RequestOutput
 from ..errors import ChatTemplateError, ContextLimitError, GrammarError
 from .common import error_of, now, parse, usage
 from .errors import APIError, require_enabled
-from .generation import (check_requests, collect, make_request, merged, prompt_tokens, sampling_params,
+from .generation import (submit_all, collect, make_request, merged, prompt_tokens, sampling_params,
                          stop_list)
 from .schemas import ChatCompletionRequest, EmbeddingRequest, OAICompletionRequest
 from .sse import SSEWriter
@@ -65,7 +65,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     reqs = [make_request(p, req, cfg, sampling, max_tokens=req.max_tokens, stop=stop_list(req.stop),
                          n_probs=n_top, logprobs=req.logprobs is not None, choice=j)
             for p in prompts for j in range(req.n)]
-    check_requests(st.engine, reqs)
+    streams = submit_all(st.engine, reqs)
     cid, created, model = new_id("cmpl"), now(), model_name(st, req.model)
     echo = [vocab.detokenize(p) if req.echo else "" for p in prompts for _ in range(req.n)]
 
@@ -81,7 +81,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 if e:
                     await sse.send({**base(), "choices": [{"text": e, "index": i, "logprobs": None,
                                                             "finish_reason": None}]})
-            async for i, o in merged(st.engine, reqs):
+            async for i, o in merged(streams):
                 if o.finished and o.error is not None:
                     await sse.send(error_of(o))
                     return sse.response
@@ -98,7 +98,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             await sse.done()
         return sse.response
 
-    outs = await collect(st.engine, reqs)
+    outs = await collect(streams)
     choices = []
     for i, o in enumerate(outs):
         choices.append({"text": echo[i] + o.text, "index": i,
@@ -149,7 +149,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     n_top = (req.top_logprobs or 0) if req.logprobs else 0
     reqs = [make_request(tokens, req, cfg, sampling, max_tokens=max_tokens, stop=chat_stops(req.stop, rendered),
                          n_probs=n_top, logprobs=bool(req.logprobs), choice=j) for j in range(req.n)]
-    check_requests(st.engine, reqs)
+    streams = submit_all(st.engine, reqs)
     cid, created, model = new_id("chatcmpl"), now(), model_name(st, req.model)
     syntax = rendered.get("syntax")
     parsers = [ChatDeltaParser(syntax) for _ in reqs]
@@ -175,7 +175,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         async with SSEWriter(request, cfg.sse_ping_interval) as sse:
             for i in range(len(reqs)):
                 await sse.send(chunk(i, {"role": "assistant", "content": None}))
-            async for i, o in merged(st.engine, reqs):
+            async for i, o in merged(streams):
                 if o.finished and o.error is not None:
                     await sse.send(error_of(o))
                     return sse.response
@@ -197,7 +197,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             await sse.done()
         return sse.response
 
-    outs = await collect(st.engine, reqs)
+    outs = await collect(streams)
     choices = []
     for i, o in enumerate(outs):
         msg: Dict[str, Any] = {"role": "assistant", "content": None}
