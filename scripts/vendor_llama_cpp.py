@@ -4,7 +4,8 @@
 The tree is taken from the source distribution of ``llama-cpp-python`` on PyPI,
 which carries llama.cpp at exactly the upstream commit we pin (see
 ``vendor/README.md``).  The archive is fetched once with pip, checked against a
-sha256, and cached, so a second run needs no network.
+sha256, and cached, so a second run needs no network.  Our own patches in
+``vendor/patches/*.patch`` (unified diffs, each saying why) are applied on top.
 
 Usage: python scripts/vendor_llama_cpp.py [--force] [--cache-dir DIR]
 """
@@ -34,6 +35,7 @@ DROP = {".git", ".devops", ".github", ".gemini", ".pi", "media", "docs", "app", 
 
 ROOT = Path(__file__).resolve().parent.parent
 DEST = ROOT / "vendor" / "llama.cpp"
+PATCHES = ROOT / "vendor" / "patches"
 STAMP = ".pyllama-vendor-stamp"
 
 
@@ -76,10 +78,72 @@ def fetch_archive(cache: Path) -> Path:
     return archive
 
 
-def extract(archive: Path, dest: Path) -> None:
-    tmp_dest = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp_dest, ignore_errors=True)
-    tmp_dest.mkdir(parents=True)
+# --- our patches: plain unified diffs, applied with exact context (no fuzz) ---
+
+def patch_files() -> list[Path]:
+    return sorted(PATCHES.glob("*.patch")) if PATCHES.is_dir() else []
+
+
+def patches_digest(patches: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in patches:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def parse_patch(text: str) -> dict[str, list[tuple[list[str], list[str]]]]:
+    """{path: [(old lines, new lines) per hunk]} of a unified diff (a/ b/ prefixes)."""
+    files: dict[str, list[tuple[list[str], list[str]]]] = {}
+    lines = text.splitlines(keepends=True)
+    i, path = 0, None
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("+++ "):
+            path = line[4:].strip().split("\t")[0]
+            path = path[2:] if path.startswith("b/") else path
+            files.setdefault(path, [])
+        elif line.startswith("@@") and path is not None:
+            old: list[str] = []
+            new: list[str] = []
+            i += 1
+            while i < len(lines) and lines[i][:1] in (" ", "-", "+", "\\"):
+                tag, body = lines[i][:1], lines[i][1:]
+                if tag in (" ", "-"):
+                    old.append(body)
+                if tag in (" ", "+"):
+                    new.append(body)
+                i += 1
+            files[path].append((old, new))
+            continue
+        i += 1
+    return files
+
+
+def apply_patch(patch: Path, tree: Path) -> list[str]:
+    """Apply one patch to ``tree``; every hunk's context must match exactly once."""
+    touched = []
+    for rel, hunks in parse_patch(patch.read_text()).items():
+        target = tree / rel
+        text = target.read_text()
+        for old, new in hunks:
+            old_s, new_s = "".join(old), "".join(new)
+            if text.count(old_s) != 1:
+                raise SystemExit(f"vendor: {patch.name} does not apply to {rel} "
+                                 f"(context found {text.count(old_s)} times); update the patch")
+            text = text.replace(old_s, new_s)
+        target.write_text(text)
+        touched.append(rel)
+    print(f"vendor: applied {patch.name} ({', '.join(touched)})")
+    return touched
+
+
+def stamp_text(patched: list[str]) -> str:
+    return (f"{LLAMA_CPP_COMMIT} {SOURCE_SHA256} {patches_digest(patch_files())}\n"
+            + "".join(f"{rel}\n" for rel in sorted(set(patched))))
+
+
+def copy_members(archive: Path, dest: Path, only: set[str] | None = None) -> int:
+    """Write the archive's files under ``dest`` (all kept ones, or just ``only``)."""
     n = 0
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar:
@@ -88,10 +152,12 @@ def extract(archive: Path, dest: Path) -> None:
             rel = member.name[len(INNER_PREFIX):]
             if not rel or rel.split("/", 1)[0] in DROP:
                 continue
+            if only is not None and rel not in only:
+                continue
             if not (member.isfile() or member.isdir()):
                 continue  # no links or devices from an archive
-            target = (tmp_dest / rel).resolve()
-            if not str(target).startswith(str(tmp_dest.resolve()) + os.sep):
+            target = (dest / rel).resolve()
+            if not str(target).startswith(str(dest.resolve()) + os.sep):
                 raise SystemExit(f"vendor: refusing path outside the tree: {member.name}")
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
@@ -103,15 +169,41 @@ def extract(archive: Path, dest: Path) -> None:
                 shutil.copyfileobj(src, out)
             os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
             n += 1
-    (tmp_dest / STAMP).write_text(f"{LLAMA_CPP_COMMIT} {SOURCE_SHA256}\n")
+    return n
+
+
+def extract(archive: Path, dest: Path) -> None:
+    tmp_dest = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp_dest, ignore_errors=True)
+    tmp_dest.mkdir(parents=True)
+    n = copy_members(archive, tmp_dest)
+    patched = [rel for p in patch_files() for rel in apply_patch(p, tmp_dest)]
+    (tmp_dest / STAMP).write_text(stamp_text(patched))
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp_dest, dest)
     print(f"vendor: extracted {n} files into {dest} (llama.cpp {LLAMA_CPP_COMMIT})")
 
 
-def is_current(dest: Path) -> bool:
+def repatch(archive: Path, dest: Path, previously: set[str]) -> None:
+    """Same upstream tree, other patches: restore the patched files, apply the patches again
+    (only those files change, so a build directory stays valid)."""
+    wanted = previously | {rel for p in patch_files() for rel in parse_patch(p.read_text())}
+    copy_members(archive, dest, only=wanted)
+    patched = [rel for p in patch_files() for rel in apply_patch(p, dest)]
+    (dest / STAMP).write_text(stamp_text(patched))
+
+
+def read_stamp(dest: Path) -> tuple[list[str], set[str]]:
     stamp = dest / STAMP
-    return stamp.exists() and stamp.read_text().split()[:2] == [LLAMA_CPP_COMMIT, SOURCE_SHA256]
+    if not stamp.exists():
+        return [], set()
+    first, *rest = stamp.read_text().splitlines() or [""]
+    return first.split(), {r for r in rest if r}
+
+
+def is_current(dest: Path) -> bool:
+    head, _ = read_stamp(dest)
+    return head == [LLAMA_CPP_COMMIT, SOURCE_SHA256, patches_digest(patch_files())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.force and is_current(args.dest):
         print(f"vendor: {args.dest} is current (llama.cpp {LLAMA_CPP_COMMIT})")
+        return 0
+    head, patched = read_stamp(args.dest)
+    if not args.force and head[:2] == [LLAMA_CPP_COMMIT, SOURCE_SHA256]:
+        repatch(fetch_archive(args.cache_dir), args.dest, patched)
         return 0
     extract(fetch_archive(args.cache_dir), args.dest)
     return 0

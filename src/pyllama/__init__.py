@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
     BatchError, ChatTemplateError, ClosedError, ContextError, ContextLimitError, DecodeAbortedError,
-    DecodeError, GrammarError, KVCacheFullError, ModelLoadError, PyllamaError, StateError, TokenizeError,
+    DecodeError, GrammarError, KVCacheFullError, ModelLoadError, PyllamaError, RPCError, StateError,
+    TokenizeError,
 )
 from .params import ContextParams, ModelParams, SamplingParams  # noqa: E402
 from ._core import (  # noqa: E402
@@ -24,5 +25,5 @@ __all__ = [
     "list_devices", "list_backends", "system_info",
     "PyllamaError", "ClosedError", "ModelLoadError", "ContextError", "TokenizeError", "GrammarError",
     "ChatTemplateError", "BatchError", "DecodeError", "KVCacheFullError", "DecodeAbortedError", "StateError",
-    "ContextLimitError",
+    "ContextLimitError", "RPCError",
 ]

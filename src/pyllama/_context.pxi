@@ -8,6 +8,9 @@ cdef extern from "llama.h":
     # llama.cpp aborts become C++ exceptions (see _abort_shim.h): catch them here
     int32_t _llama_decode_cpp "llama_decode"(llama_context * ctx, llama_batch batch) except + nogil
     int32_t _llama_encode_cpp "llama_encode"(llama_context * ctx, llama_batch batch) except + nogil
+    # outputs are fetched asynchronously: a failure there (a lost RPC server) shows up when
+    # waiting for them, so decode/encode wait here, where an abort can still be caught
+    void _llama_synchronize_cpp "llama_synchronize"(llama_context * ctx) except + nogil
 
 
 cdef class Context:
@@ -169,6 +172,8 @@ cdef class Context:
         try:
             with nogil:
                 rc = _llama_decode_cpp(self.ptr, batch.b)
+                if rc == 0:
+                    _llama_synchronize_cpp(self.ptr)
         except RuntimeError as e:
             raise DecodeError(f"llama_decode: {e}", -100) from None
         if rc != 0:
@@ -182,6 +187,8 @@ cdef class Context:
         try:
             with nogil:
                 rc = _llama_encode_cpp(self.ptr, batch.b)
+                if rc == 0:
+                    _llama_synchronize_cpp(self.ptr)
         except RuntimeError as e:
             raise DecodeError(f"llama_encode: {e}", -100) from None
         if rc != 0:

@@ -42,6 +42,7 @@ include "_context.pxi"
 include "_batch.pxi"
 include "_sampler.pxi"
 include "_extras.pxi"
+include "_rpc.pxi"
 
 install_abort_handler()
 llama_backend_init()

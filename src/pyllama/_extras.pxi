@@ -99,8 +99,9 @@ def quantize(src, dst, ftype="q8_0", *, int nthread=0, bint allow_requantize=Fal
 _DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 
-def list_devices():
-    """The backend devices llama.cpp can use, with their memory in bytes."""
+def list_devices(memory=True):
+    """The backend devices llama.cpp can use, with their memory in bytes (``memory=False``
+    skips the memory query, which for an RPC device is a round trip to its server)."""
     cdef size_t i, free_mem, total_mem
     cdef ggml_backend_dev_t d
     out = []
@@ -108,7 +109,9 @@ def list_devices():
         d = ggml_backend_dev_get(i)
         free_mem = 0
         total_mem = 0
-        ggml_backend_dev_memory(d, &free_mem, &total_mem)
+        if memory:
+            # an RPC device whose server is gone aborts in there: a RuntimeError, not a crash
+            ggml_backend_dev_memory(d, &free_mem, &total_mem)
         out.append({
             "name": ggml_backend_dev_name(d).decode(),
             "description": ggml_backend_dev_description(d).decode(),

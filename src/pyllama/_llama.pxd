@@ -153,7 +153,7 @@ cdef extern from "ggml-backend.h" nogil:
 
     const char *               ggml_backend_dev_name(ggml_backend_dev_t device)
     const char *               ggml_backend_dev_description(ggml_backend_dev_t device)
-    void                       ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total)
+    void                       ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total) except +
     # C name is ggml_backend_dev_type (clashes with the enum type name above)
     ggml_backend_dev_type      ggml_backend_dev_type_of "ggml_backend_dev_type"(ggml_backend_dev_t device)
     void                       ggml_backend_dev_get_props(ggml_backend_dev_t device, ggml_backend_dev_props * props)

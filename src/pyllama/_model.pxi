@@ -106,8 +106,10 @@ cdef class Model:
             memset(&ov, 0, sizeof(ov))  # terminator: empty key
             overrides.push_back(ov)
             mp.kv_overrides = overrides.data()
-        if params.devices is not None:
-            for name in params.devices:
+        from pyllama.rpc import model_devices
+        device_names = model_devices(params.devices, params.rpc_servers)
+        if device_names is not None:
+            for name in device_names:
                 devs.push_back(_find_device(name))
             devs.push_back(NULL)
             mp.devices = devs.data()

@@ -53,6 +53,10 @@ class DecodeAbortedError(DecodeError):
     """The abort callback stopped llama_decode (return code 2)."""
 
 
+class RPCError(PyllamaError, ConnectionError):
+    """An RPC server (``python -m pyllama.rpc_server``) cannot be reached or used."""
+
+
 class StateError(PyllamaError):
     """A sequence or context state could not be saved or restored."""
 
@@ -84,5 +88,5 @@ def decode_error(code: int, what: str = "llama_decode") -> DecodeError:
 __all__ = [
     "PyllamaError", "ClosedError", "ModelLoadError", "ContextError", "TokenizeError",
     "GrammarError", "ChatTemplateError", "BatchError", "DecodeError", "KVCacheFullError",
-    "DecodeAbortedError", "StateError", "ContextLimitError", "decode_error",
+    "DecodeAbortedError", "RPCError", "StateError", "ContextLimitError", "decode_error",
 ]

@@ -46,6 +46,7 @@ class Llama:
         vocab_only: bool = False,
         check_tensors: bool = False,
         kv_overrides: Optional[Dict[str, Union[bool, int, float, str]]] = None,
+        rpc_servers: Optional[Union[str, Sequence[str]]] = None,
         seed: int = DEFAULT_SEED,
         n_ctx: int = 4096,
         n_batch: int = 512,
@@ -76,7 +77,7 @@ class Llama:
             n_gpu_layers=n_gpu_layers, split_mode=split_mode, main_gpu=main_gpu,
             tensor_split=tuple(tensor_split) if tensor_split else None, use_mmap=use_mmap,
             use_mlock=use_mlock, vocab_only=vocab_only, check_tensors=check_tensors,
-            kv_overrides=kv_overrides)
+            kv_overrides=kv_overrides, rpc_servers=rpc_servers)
         if isinstance(flash_attn, bool):
             flash_attn = "on" if flash_attn else "off"
         kw = {}

@@ -60,6 +60,7 @@ class ModelParams:
     check_tensors: bool = False
     kv_overrides: Optional[Mapping[str, KVOverride]] = None
     devices: Optional[Tuple[str, ...]] = None  # device names, e.g. ("RPC0",); None = all
+    rpc_servers: Optional[Tuple[str, ...]] = None  # "host:port" of pyllama.rpc_server workers
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "split_mode", _lookup(SPLIT_MODES, self.split_mode, "split mode"))
@@ -77,6 +78,12 @@ class ModelParams:
                     _check(len(v.encode()) < 128, f"kv override {k!r}: string value over 127 bytes")
         if self.devices is not None:
             object.__setattr__(self, "devices", tuple(self.devices))
+        if self.rpc_servers is not None:
+            from .rpc import parse_endpoints
+            try:
+                object.__setattr__(self, "rpc_servers", parse_endpoints(self.rpc_servers))
+            except ValueError as e:
+                raise ValueError(f"rpc_servers: {e}") from None
 
 
 @dataclass(frozen=True)

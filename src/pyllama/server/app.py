@@ -73,7 +73,8 @@ def _file_handler(path: Path, headers: Optional[dict] = None):
 def _model_params(cfg: ServerConfig) -> ModelParams:
     return ModelParams(n_gpu_layers=cfg.n_gpu_layers, split_mode=cfg.split_mode, main_gpu=cfg.main_gpu,
                        tensor_split=tuple(cfg.tensor_split) if cfg.tensor_split else None, use_mmap=cfg.mmap,
-                       use_mlock=cfg.mlock, check_tensors=cfg.check_tensors, kv_overrides=cfg.kv_overrides or None)
+                       use_mlock=cfg.mlock, check_tensors=cfg.check_tensors, kv_overrides=cfg.kv_overrides or None,
+                       rpc_servers=tuple(cfg.rpc.split(",")) if cfg.rpc else None)
 
 
 def _context_params(cfg: ServerConfig) -> ContextParams:

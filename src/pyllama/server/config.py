@@ -353,7 +353,14 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str,
         raise ConfigError("--cache-reuse: reusing cache chunks by KV shifting is not supported by pyllama yet "
                           "(prompt caching by common prefix is on; use --cache-reuse 0)")
     if cfg.rpc:
-        raise ConfigError("--rpc: not supported by pyllama yet (this build has no RPC backend)")
+        from .. import _core
+        from ..rpc import parse_endpoints
+        try:
+            cfg.rpc = ",".join(parse_endpoints(cfg.rpc))
+        except ValueError as e:
+            raise ConfigError(f"--rpc: {e}") from None
+        if not _core.supports_rpc():
+            raise ConfigError('--rpc: this build has no RPC backend (reinstall with CMAKE_ARGS="-DGGML_RPC=ON")')
     if not cfg.model:
         raise ConfigError("no model: pass -m/--model FILE (or set LLAMA_ARG_MODEL)")
     if cfg.n_slots < 1:
