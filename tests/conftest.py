@@ -54,3 +54,62 @@ def llm(tiny_model_path):
 def chat_llm(chat_model_path):
     with pyllama.Llama(chat_model_path, n_ctx=2048, n_batch=256, seed=7) as llm:
         yield llm
+
+
+class RPCWorker:
+    """One ``python -m pyllama.rpc_server`` subprocess on a free loopback port."""
+
+    def __init__(self, workdir: Path, *flags: str, host: str = "127.0.0.1"):
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as s:
+            s.bind((host, 0))
+            self.port = s.getsockname()[1]
+        self.host = host
+        self.endpoint = f"{host}:{self.port}"
+        self.log_path = workdir / f"rpc-{self.port}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pyllama.rpc_server", "-H", host, "-p", str(self.port), "-t", "1", *flags],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_listening(self, timeout: float = 30.0) -> "RPCWorker":
+        import socket
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rpc_server exited with {self.proc.returncode}:\n{self.log()}")
+            # the server prints its banner before it listens: wait for the port itself
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"rpc_server is not listening after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture()
+def rpc_workers(tmp_path):
+    """``rpc_workers(n)``: n RPC workers listening on loopback; all killed after the test."""
+    started = []
+
+    def start(n: int = 2, *flags: str, host: str = "127.0.0.1"):
+        ws = [RPCWorker(tmp_path, *flags, host=host) for _ in range(n)]
+        started.extend(ws)
+        return [w.wait_listening() for w in ws]
+
+    yield start
+    for w in started:
+        w.kill()
