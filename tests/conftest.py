@@ -37,6 +37,29 @@ def chat_model_path(models_dir) -> Path:
                               n_ff=128, ftype="f32", seed=2, chat_template=tmpl)
 
 
+# Thinking templates for the reasoning budget, on the deepseek-llm vocab: there "<think>" and
+# "</think>" are plain multi-token text, tokenized the same inside and outside the prompt.
+THINKING_TEMPLATES = {
+    "opens": "Qwen3.5-4B.jinja",            # the generation prompt opens <think>: the reply starts inside
+    "self": "Qwen-Qwen3-0.6B.jinja",        # the model opens <think> itself
+}
+
+
+@pytest.fixture(scope="session")
+def thinking_model_path(models_dir):
+    """``thinking_model_path("opens" | "self")``: a random-weights model with that thinking template."""
+    cache = {}
+
+    def make(kind: str) -> Path:
+        if kind not in cache:
+            tmpl = (TEMPLATES_DIR / THINKING_TEMPLATES[kind]).read_text()
+            cache[kind] = write_random_model(models_dir / f"thinking-{kind}.gguf", vocab="deepseek-llm", n_embd=64,
+                                             n_layer=2, n_head=4, n_ff=128, ftype="f32", seed=2, chat_template=tmpl)
+        return cache[kind]
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_path):
     m = pyllama.Model(tiny_model_path)

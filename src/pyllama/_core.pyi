@@ -301,6 +301,11 @@ class Sampler:
     def closed(self) -> bool: ...
     @property
     def names(self) -> list[str]: ...
+    @property
+    def reasoning_budget_state(self) -> str | None:
+        """"idle", "counting", "forcing", "waiting_utf8" or "done"; None without a budget sampler."""
+    def force_reasoning_end(self) -> bool:
+        """Force the reasoning's end tag from the next token on; True if it was counting."""
     def sample(self, ctx: Context, idx: int = ...) -> int:
         """Sample a token from row ``idx`` of ctx's last batch and accept it."""
     def sample_only(self, ctx: Context, idx: int = ...) -> int: ...

@@ -9,7 +9,7 @@ close raises ClosedError. Long calls release the GIL.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t, uint8_t, int8_t
+from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t, uint8_t, int8_t, INT32_MAX
 from libc.string cimport memset, strncpy, memcpy
 from libc.math cimport INFINITY, expf, logf
 from libcpp.vector cimport vector
@@ -17,6 +17,7 @@ from libcpp.string cimport string
 
 from pyllama._llama cimport *
 from pyllama cimport _chat_shim as shim
+from pyllama._reasoning_budget cimport *
 
 cdef extern from "_abort_shim.h" namespace "pyllama":
     void install_abort_handler()

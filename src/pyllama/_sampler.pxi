@@ -7,6 +7,10 @@ cdef extern from "llama.h":
 
 _SAMPLER_ALIASES = {"typical_p": "typ_p"}
 
+_BUDGET_STATES = {REASONING_BUDGET_IDLE: "idle", REASONING_BUDGET_COUNTING: "counting",
+                  REASONING_BUDGET_FORCING: "forcing", REASONING_BUDGET_WAITING_UTF8: "waiting_utf8",
+                  REASONING_BUDGET_DONE: "done"}
+
 
 cdef class Sampler:
     """Samples one token from a context's logits row.
@@ -15,9 +19,17 @@ cdef class Sampler:
     (logit bias, penalties, dry, top_n_sigma, top_k, typical, top_p, min_p, xtc, temperature,
     then dist(seed)); temperature <= 0 is greedy. A grammar is checked against the chosen token
     first and applied to all candidates only when it rejects it (as llama.cpp's common sampler does).
+
+    A reasoning budget (``reasoning_budget_*`` fields) adds llama.cpp's budget sampler, run before
+    everything else as common_sampler runs it: it counts the tokens generated between a start and
+    an end sequence and, when the budget is spent, forces the message and the first end sequence.
+    It is created when the start and end sequences are known and the budget is limited, reasoning
+    control is on, or the grammar is lazy (a lazy grammar is not applied inside the reasoning).
     """
     cdef llama_sampler * chain
     cdef llama_sampler * grmr
+    cdef llama_sampler * rbudget
+    cdef bint grammar_lazy
     cdef vector[llama_token_data] cur
     cdef llama_token_data_array cur_p
     cdef readonly Model model
@@ -27,6 +39,7 @@ cdef class Sampler:
     def __cinit__(self):
         self.chain = NULL
         self.grmr = NULL
+        self.rbudget = NULL
 
     def __init__(self, Model model not None, params=None):
         model._check()
@@ -40,7 +53,9 @@ cdef class Sampler:
         self.params = params
         self.n_vocab = model.vocab.n_vocab
         self.cur.resize(self.n_vocab)
+        self.grammar_lazy = bool(params.grammar) and bool(params.grammar_lazy)
         self._build_grammar(params)
+        self._build_budget(params)
         self._build_chain(params)
 
     cdef _build_grammar(self, p):
@@ -73,6 +88,44 @@ cdef class Sampler:
                 _sampler_accept_cpp(self.grmr, t)
             except Exception as e:
                 raise GrammarError(f"the grammar rejects the generation prompt: {e}") from None
+
+    cdef _build_budget(self, p):
+        # common_sampler_init: only with both tags, and only when something needs it
+        if not p.reasoning_budget_start or not p.reasoning_budget_end:
+            return
+        if not (self.grammar_lazy or p.reasoning_budget_tokens >= 0 or p.reasoning_control):
+            return
+        cdef vector[vector[llama_token]] starts
+        cdef vector[vector[llama_token]] ends
+        cdef vector[llama_token] seq
+        cdef vector[llama_token] forced
+        for t in p.reasoning_budget_start:
+            seq.push_back(self._token(t, "reasoning budget start"))
+        starts.push_back(seq)
+        for e in p.reasoning_budget_end:
+            seq.clear()
+            for t in e:
+                seq.push_back(self._token(t, "reasoning budget end"))
+            ends.push_back(seq)
+        # forced on expiry: the message, then the first end tag (llama-server's reasoning_budget_message)
+        if p.reasoning_budget_message:
+            for t in self.model.vocab.tokenize(p.reasoning_budget_message, add_special=False, parse_special=True):
+                forced.push_back(t)
+        for t in p.reasoning_budget_end[0]:
+            forced.push_back(t)
+        cdef int32_t budget = p.reasoning_budget_tokens if p.reasoning_budget_tokens >= 0 else INT32_MAX
+        self.rbudget = common_reasoning_budget_init(self.model.vptr, starts, ends, forced, budget,
+                                                    REASONING_BUDGET_IDLE)
+        if self.rbudget == NULL:
+            raise RuntimeError("could not create the reasoning budget sampler")
+        # the generation prompt's tokens decide the initial state (e.g. it opens <think>: counting)
+        for t in p.reasoning_budget_prefill:
+            _sampler_accept_cpp(self.rbudget, self._token(t, "reasoning budget prefill"))
+
+    cdef llama_token _token(self, t, what) except -1:
+        if t < 0 or t >= self.n_vocab:
+            raise ValueError(f"{what} token {t} out of range [0, {self.n_vocab})")
+        return t
 
     cdef _build_chain(self, p):
         cdef llama_sampler_chain_params cp = llama_sampler_chain_default_params()
@@ -170,6 +223,9 @@ cdef class Sampler:
         if self.grmr != NULL:
             llama_sampler_free(self.grmr)
             self.grmr = NULL
+        if self.rbudget != NULL:
+            llama_sampler_free(self.rbudget)
+            self.rbudget = NULL
 
     def close(self):
         self._free()
@@ -185,7 +241,35 @@ cdef class Sampler:
             raise ClosedError("the sampler is closed")
         out = [llama_sampler_name(llama_sampler_chain_get(self.chain, i)).decode()
                for i in range(llama_sampler_chain_n(self.chain))]
-        return (["grammar"] if self.grmr != NULL else []) + out
+        return ((["reasoning-budget"] if self.rbudget != NULL else []) + (["grammar"] if self.grmr != NULL else [])
+                + out)
+
+    @property
+    def reasoning_budget_state(self):
+        """The budget sampler's state: "idle", "counting", "forcing", "waiting_utf8", "done"; None without one."""
+        if self.rbudget == NULL:
+            return None
+        return _BUDGET_STATES.get(common_reasoning_budget_get_state(self.rbudget), "unknown")
+
+    def force_reasoning_end(self):
+        """End the reasoning now: force the message and end tag from the next token on (llama-server's
+        reasoning control). True if the budget sampler was counting; False otherwise (no budget
+        sampler, not inside a reasoning block, or already ending)."""
+        if self.chain == NULL:
+            raise ClosedError("the sampler is closed")
+        if self.rbudget == NULL:
+            return False
+        return bool(common_reasoning_budget_force(self.rbudget))
+
+    cdef inline bint _grammar_should_apply(self) noexcept:
+        # common/sampling.cpp grammar_should_apply: a lazy grammar waits while the budget sampler is
+        # inside a reasoning block
+        if self.grmr == NULL:
+            return False
+        if self.rbudget == NULL or not self.grammar_lazy:
+            return True
+        cdef common_reasoning_budget_state state = common_reasoning_budget_get_state(self.rbudget)
+        return state == REASONING_BUDGET_IDLE or state == REASONING_BUDGET_DONE
 
     cdef inline void _fill(self, const float * logits) noexcept nogil:
         cdef int32_t i
@@ -220,11 +304,13 @@ cdef class Sampler:
         cdef llama_token tok
         with nogil:
             self._fill(logits)
+        if self.rbudget != NULL:    # first, as common_sampler_sample: forcing leaves one token
+            _sampler_apply_cpp(self.rbudget, &self.cur_p)
         _sampler_apply_cpp(self.chain, &self.cur_p)
         if self.cur_p.selected < 0 or <size_t>self.cur_p.selected >= self.cur_p.size:
             raise RuntimeError("the sampler chain selected no token")
         tok = self.cur_p.data[self.cur_p.selected].id
-        if self.grmr != NULL:
+        if self._grammar_should_apply():
             single.id = tok
             single.logit = 1.0
             single.p = 0.0
@@ -237,6 +323,8 @@ cdef class Sampler:
                 # rejected: constrain all candidates, then sample again
                 with nogil:
                     self._fill(logits)
+                if self.rbudget != NULL:
+                    _sampler_apply_cpp(self.rbudget, &self.cur_p)
                 _sampler_apply_cpp(self.grmr, &self.cur_p)
                 _sampler_apply_cpp(self.chain, &self.cur_p)
                 if self.cur_p.selected < 0 or self.cur_p.data[self.cur_p.selected].logit == -INFINITY:
@@ -250,12 +338,28 @@ cdef class Sampler:
             raise ClosedError("the sampler is closed")
         if token < 0 or token >= self.n_vocab:
             raise TokenizeError(f"token id {token} out of range")
-        if self.grmr != NULL:
-            try:
-                _sampler_accept_cpp(self.grmr, token)
-            except Exception as e:
-                raise GrammarError(f"the grammar cannot accept token {token}: {e}") from None
+        # common_sampler_accept: whether the grammar takes this token is decided before the budget
+        # sampler moves on; a lazy grammar that sat out the reasoning is replayed its end sequence
+        cdef bint accept_grammar = self._grammar_should_apply()
+        cdef const vector[llama_token] * end_seq
+        cdef size_t i
+        if self.rbudget != NULL:
+            _sampler_accept_cpp(self.rbudget, token)
+            if (self.grmr != NULL and not accept_grammar
+                    and common_reasoning_budget_get_state(self.rbudget) == REASONING_BUDGET_DONE):
+                end_seq = common_reasoning_budget_get_end_match(self.rbudget)
+                if end_seq != NULL:
+                    for i in range(end_seq.size()):
+                        self._grammar_accept(end_seq[0][i])
+        if accept_grammar:
+            self._grammar_accept(token)
         _sampler_accept_cpp(self.chain, token)
+
+    cdef _grammar_accept(self, llama_token token):
+        try:
+            _sampler_accept_cpp(self.grmr, token)
+        except Exception as e:
+            raise GrammarError(f"the grammar cannot accept token {token}: {e}") from None
 
     def reset(self):
         if self.chain == NULL:
@@ -263,6 +367,10 @@ cdef class Sampler:
         llama_sampler_reset(self.chain)
         if self.grmr != NULL:
             llama_sampler_reset(self.grmr)
+        if self.rbudget != NULL:    # back to the state the generation prompt gives
+            llama_sampler_reset(self.rbudget)
+            for t in self.params.reasoning_budget_prefill:
+                _sampler_accept_cpp(self.rbudget, t)
 
     def candidates(self, int n):
         """After sample(): the ``n`` most probable candidates the chain left, as (token, p)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import _core
 from .errors import ChatTemplateError
@@ -67,6 +67,36 @@ def sampling_extras(rendered: Dict[str, Any], vocab: "_core.Vocab") -> Dict[str,
     if rendered.get("grammar_prefill") and not lazy:
         extra["grammar_prefill"] = tuple(generation_prompt_tokens(vocab, rendered.get("generation_prompt", "")))
     return extra
+
+
+def reasoning_budget_extras(vocab: "_core.Vocab", *, budget: int = -1, message: str = "", start_tag: str = "",
+                            end_tags: Sequence[str] = (), generation_prompt: str = "",
+                            control: bool = False) -> Dict[str, Any]:
+    """SamplingParams fields for a reasoning budget, as llama-server builds them (server-schema.cpp):
+    the tags tokenized with special tokens parsed and no BOS, the first end tag the one forced, and
+    the generation prompt's tokens as the prefill that gives the budget sampler its initial state
+    (a generation prompt that opens ``<think>`` starts inside the reasoning). Without both tags the
+    Sampler adds no budget sampler."""
+    def toks(text: str) -> Tuple[int, ...]:
+        return tuple(vocab.tokenize(text, add_special=False, parse_special=True)) if text else ()
+
+    ends = tuple(t for t in (toks(e) for e in end_tags) if t)
+    return {"reasoning_budget_tokens": budget, "reasoning_budget_start": toks(start_tag),
+            "reasoning_budget_end": ends, "reasoning_budget_message": message or "",
+            "reasoning_budget_prefill": tuple(generation_prompt_tokens(vocab, generation_prompt)) if ends else (),
+            "reasoning_control": bool(control)}
+
+
+def chat_reasoning_extras(rendered: Dict[str, Any], vocab: "_core.Vocab", *, budget: int = -1, message: str = "",
+                          control: bool = False) -> Dict[str, Any]:
+    """The reasoning budget of a rendered chat: the template's thinking tags (llama-server's
+    oaicompat_chat_params_parse); none when the template has no end-of-thinking tag."""
+    if not rendered.get("thinking_end_tags"):
+        return {}
+    return reasoning_budget_extras(vocab, budget=budget, message=message,
+                                   start_tag=rendered.get("thinking_start_tag", ""),
+                                   end_tags=rendered["thinking_end_tags"],
+                                   generation_prompt=rendered.get("generation_prompt", ""), control=control)
 
 
 def chat_stops(stop: Any, rendered: Dict[str, Any]) -> List[str]:

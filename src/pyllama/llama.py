@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import numpy as np
 
 from . import _core
-from .chat import (ChatDeltaParser, chat_stops, collect_chat, json_schema_from_response_format, new_id,
-                   sampling_extras, token_logprob_entry)
+from .chat import (ChatDeltaParser, chat_reasoning_extras, chat_stops, collect_chat,
+                   json_schema_from_response_format, new_id, sampling_extras, token_logprob_entry)
 from .engine.core import EngineCore
 from .engine.request import Request, RequestKind, RequestOutput
 from .engine.runner import LlamaRunner
@@ -429,8 +429,16 @@ class Llama:
         chat_template_kwargs: Optional[Dict[str, Any]] = None,
         reasoning_format: Optional[str] = None,
         ignore_eos: bool = False,
+        reasoning_budget: Optional[int] = None,
+        reasoning_budget_message: Optional[str] = None,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
-        """An OpenAI-shaped chat completion (tools, response_format, streaming)."""
+        """An OpenAI-shaped chat completion (tools, response_format, streaming).
+
+        ``reasoning_budget``: at most this many tokens of reasoning (between the template's thinking
+        tags, e.g. ``<think>`` and ``</think>``), then ``reasoning_budget_message`` and the end tag are
+        forced and the answer follows; 0 ends the reasoning at once, None or -1 leaves it unlimited
+        (llama-server's ``--reasoning-budget`` / ``reasoning_budget_tokens``). It has no effect with a
+        template that has no thinking tags."""
         json_schema = json_schema_from_response_format(response_format)
         if json_schema is not None and grammar:
             raise ValueError("use either grammar or response_format, not both")
@@ -439,6 +447,9 @@ class Llama:
             json_schema=json_schema, grammar=grammar, chat_template_kwargs=chat_template_kwargs,
             reasoning_format=reasoning_format)
         extra = sampling_extras(rendered, self._model.vocab)
+        extra.update(chat_reasoning_extras(rendered, self._model.vocab,
+                                           budget=-1 if reasoning_budget is None else reasoning_budget,
+                                           message=reasoning_budget_message or ""))
         sampling = self._sampling(temperature, top_p, min_p, typical_p, top_k, frequency_penalty,
                                   presence_penalty, repeat_penalty, mirostat_mode, mirostat_tau,
                                   mirostat_eta, seed, extra.pop("grammar", None), logit_bias, **extra)

@@ -6,6 +6,7 @@ Defaults follow llama-server's.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Optional, Tuple, Union
@@ -23,9 +24,20 @@ CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "
 KVOverride = Union[int, float, bool, str]
 
 
+INT32_MAX = 2**31 - 1
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+def _token_tuple(seq: Any, what: str) -> Tuple[int, ...]:
+    _check(not isinstance(seq, (str, bytes)), f"{what} must be token ids, got a string")
+    toks = tuple(seq)
+    _check(all(isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 0 for t in toks),
+           f"{what} must be non-negative token ids, got {seq!r}")
+    return tuple(int(t) for t in toks)
 
 
 def _lookup(table: Mapping[str, int], value: Union[str, int], what: str) -> int:
@@ -173,6 +185,15 @@ class SamplingParams:
     grammar_trigger_tokens: Tuple[int, ...] = ()
     grammar_prefill: Tuple[int, ...] = ()   # tokens the grammar accepts before sampling starts
     n_probs: int = 0
+    # reasoning budget (llama.cpp's common/reasoning-budget.h, llama-server's --reasoning-budget):
+    # at most ``reasoning_budget_tokens`` tokens between a start and an end sequence, then
+    # ``reasoning_budget_message`` + the first end sequence are forced. -1 = unlimited.
+    reasoning_budget_tokens: int = -1
+    reasoning_budget_start: Tuple[int, ...] = ()                # start tag tokens (e.g. "<think>")
+    reasoning_budget_end: Tuple[Tuple[int, ...], ...] = ()      # end tag token sequences; the first is forced
+    reasoning_budget_message: str = ""                          # text forced before the end tag
+    reasoning_budget_prefill: Tuple[int, ...] = ()              # the generation prompt's tokens: the initial state
+    reasoning_control: bool = False                             # keep the budget sampler to end reasoning on demand
     samplers: Tuple[str, ...] = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p",
                                  "min_p", "xtc", "temperature")
 
@@ -203,6 +224,22 @@ class SamplingParams:
         object.__setattr__(self, "grammar_trigger_patterns", tuple(self.grammar_trigger_patterns))
         object.__setattr__(self, "grammar_trigger_tokens", tuple(int(t) for t in self.grammar_trigger_tokens))
         object.__setattr__(self, "grammar_prefill", tuple(int(t) for t in self.grammar_prefill))
+        b = self.reasoning_budget_tokens
+        _check(isinstance(b, numbers.Integral) and not isinstance(b, bool) and -1 <= b <= INT32_MAX,
+               f"reasoning_budget_tokens must be an integer in [-1, {INT32_MAX}] (-1 = unlimited), got {b!r}")
+        object.__setattr__(self, "reasoning_budget_tokens", int(b))
+        _check(isinstance(self.reasoning_budget_message, str),
+               f"reasoning_budget_message must be a string, got {self.reasoning_budget_message!r}")
+        object.__setattr__(self, "reasoning_budget_start", _token_tuple(self.reasoning_budget_start,
+                                                                        "reasoning_budget_start"))
+        ends = self.reasoning_budget_end
+        _check(not isinstance(ends, (str, bytes)) and all(not isinstance(e, (str, bytes, int)) for e in ends),
+               "reasoning_budget_end must be a sequence of token sequences")
+        object.__setattr__(self, "reasoning_budget_end",
+                           tuple(t for t in (_token_tuple(e, "reasoning_budget_end") for e in ends) if t))
+        object.__setattr__(self, "reasoning_budget_prefill", _token_tuple(self.reasoning_budget_prefill,
+                                                                          "reasoning_budget_prefill"))
+        object.__setattr__(self, "reasoning_control", bool(self.reasoning_control))
 
     @property
     def greedy(self) -> bool:
@@ -214,7 +251,8 @@ class SamplingParams:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SamplingParams":
         """Build from a dict with llama-server field names (unknown keys ignored)."""
-        aliases = {"temp": "temperature", "typ_p": "typical_p", "penalty_last_n": "repeat_last_n"}
+        aliases = {"temp": "temperature", "typ_p": "typical_p", "penalty_last_n": "repeat_last_n",
+                   "thinking_budget_tokens": "reasoning_budget_tokens"}
         names = {f.name for f in fields(cls)}
         kw = {}
         for k, v in d.items():

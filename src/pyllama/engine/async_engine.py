@@ -239,6 +239,10 @@ class AsyncEngine:
         if self._running:
             self._inbox.put(("abort", request_id))
 
+    async def reasoning_end(self, request_id: str) -> bool:
+        """End a running request's reasoning block now (see EngineCore.reasoning_end)."""
+        return await self.call(lambda core: core.reasoning_end(request_id))
+
     async def call(self, fn: Callable[[EngineCore], Any]) -> Any:
         """Run ``fn(core)`` on the engine thread between two steps."""
         self._check_running()

@@ -29,6 +29,7 @@ class Runner(Protocol):
     def apply(self, op: MemOp) -> None: ...
     def decode(self, items: Sequence[BatchItem]) -> List[int]: ...
     def sample(self, sampler: Any, row: int) -> int: ...
+    def reasoning_end(self, sampler: Any) -> bool: ...
     def logprob(self, row: int, token: int, n_top: int) -> TokenLogprob: ...
     def embedding(self, item: BatchItem, row: int, pooled: bool) -> Any: ...
 
@@ -79,6 +80,22 @@ class EngineCore:
 
     def abort(self, request_id: str) -> bool:
         return self.scheduler.abort(request_id)
+
+    def reasoning_end(self, request_id: str) -> bool:
+        """End a running request's reasoning now: its next tokens are the budget message and the end
+        tag (llama-server's reasoning control, POST /v1/chat/completions/control).
+
+        Raises LookupError when no such request is running, ValueError when it was not submitted
+        with ``reasoning_control`` (or has no thinking tags). Returns True if the request was inside
+        a reasoning block, False if there was nothing to end (not started, ending, or done)."""
+        st = self.scheduler.by_id.get(request_id)
+        sampler = self._samplers.get(request_id)
+        if st is None or st.status.finished or sampler is None:
+            raise LookupError(f"no running request {request_id!r}")
+        sp = st.request.sampling
+        if not sp.reasoning_control:
+            raise ValueError("reasoning control not enabled for this completion")
+        return self.runner.reasoning_end(sampler)
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()

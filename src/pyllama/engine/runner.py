@@ -89,6 +89,9 @@ class LlamaRunner:
     def sample(self, sampler: "_core.Sampler", row: int) -> int:
         return sampler.sample(self.ctx, row)
 
+    def reasoning_end(self, sampler: "_core.Sampler") -> bool:
+        return sampler.force_reasoning_end()
+
     def logprob(self, row: int, token: int, n_top: int) -> TokenLogprob:
         top = self.ctx.top_logprobs(row, n_top) if n_top > 0 else []
         return TokenLogprob(token, self.ctx.logprob_of(row, token), top)

@@ -39,6 +39,7 @@ def routes(cfg: ServerConfig) -> list:
         ("POST", "/v1/completions", openai.completions), ("POST", "/completions", native.completion),
         ("POST", "/completion", native.completion),
         ("POST", "/v1/chat/completions", openai.chat_completions), ("POST", "/chat/completions", openai.chat_completions),
+        ("POST", "/v1/chat/completions/control", openai.chat_control),
         ("POST", "/v1/embeddings", openai.embeddings),
         ("POST", "/embedding", native.embedding_native), ("POST", "/embeddings", native.embedding_native),
         ("POST", "/tokenize", native.tokenize), ("POST", "/detokenize", native.detokenize),

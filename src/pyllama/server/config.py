@@ -53,6 +53,8 @@ class ServerConfig:
     chat_template: Optional[str] = None
     chat_template_kwargs: Dict[str, Any] = field(default_factory=dict)
     reasoning_format: str = "auto"
+    reasoning_budget: int = -1          # thinking tokens: -1 unlimited, 0 end at once, N > 0 at most N
+    reasoning_budget_message: str = ""  # forced before the end-of-thinking tag when the budget runs out
     lora: List[Tuple[str, float]] = field(default_factory=list)
     lora_init_without_apply: bool = False
     # sampling defaults
@@ -120,7 +122,7 @@ UNSUPPORTED = [
     "--models-preset", "--models-max", "--tools", "--mcp-servers-config", "--mcp-servers-json", "-ag",
     "--agent", "--control-vector", "--control-vector-scaled", "--override-tensor", "-ot", "-cmoe",
     "--cpu-moe", "-ncmoe", "--n-cpu-moe", "--numa", "-dev", "--device", "--list-devices", "--grammar-file",
-    "-j", "--json-schema", "-jf", "--json-schema-file", "--reasoning-budget", "--media-path",
+    "-j", "--json-schema", "-jf", "--json-schema-file", "--media-path",
     "--webui-config", "--ui-config", "--webui-config-file", "--ui-config-file", "--reuse-port",
     "--sleep-idle-seconds", "-sp", "--special", "--spm-infill", "-lcs", "--lookup-cache-static",
     "-lcd", "--lookup-cache-dynamic", "--kv-unified-per-slot",
@@ -195,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--chat-template-file")
     t.add_argument("--chat-template-kwargs", help="JSON object passed to the template")
     t.add_argument("--reasoning-format", default="auto", choices=["none", "auto", "deepseek", "deepseek-legacy"])
+    t.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
+                   help="token budget for thinking: -1 for unrestricted, 0 for immediate end, N>0 for token budget "
+                        "(env LLAMA_ARG_THINK_BUDGET)")
+    t.add_argument("--reasoning-budget-message", default="", metavar="MESSAGE",
+                   help="message injected before the end-of-thinking tag when the reasoning budget is exhausted "
+                        "(env LLAMA_ARG_THINK_BUDGET_MESSAGE)")
     h = p.add_argument_group("http")
     h.add_argument("--host", default="127.0.0.1")
     h.add_argument("--port", type=int, default=8080)
@@ -240,6 +248,7 @@ ENV = {
     "cors_origins": "LLAMA_ARG_CORS_ORIGINS", "embedding": "LLAMA_ARG_EMBEDDINGS",
     "reranking": "LLAMA_ARG_RERANKING", "pooling": "LLAMA_ARG_POOLING", "jinja": "LLAMA_ARG_JINJA",
     "chat_template_kwargs": "LLAMA_ARG_CHAT_TEMPLATE_KWARGS", "reasoning_format": "LLAMA_ARG_THINK",
+    "reasoning_budget": "LLAMA_ARG_THINK_BUDGET", "reasoning_budget_message": "LLAMA_ARG_THINK_BUDGET_MESSAGE",
     "temperature": "LLAMA_ARG_TEMPERATURE", "top_k": "LLAMA_ARG_TOP_K", "top_p": "LLAMA_ARG_TOP_P",
     "min_p": "LLAMA_ARG_MIN_P", "repeat_penalty": "LLAMA_ARG_REPEAT_PENALTY",
     "presence_penalty": "LLAMA_ARG_PRESENCE_PENALTY", "frequency_penalty": "LLAMA_ARG_FREQUENCY_PENALTY",
@@ -263,14 +272,17 @@ def _apply_env(ns: argparse.Namespace, parser: argparse.ArgumentParser, argv: Se
             continue
         raw = environ[var]
         cur = getattr(ns, dest, None)
-        if isinstance(cur, bool) or dest in ("kv_unified",):
-            setattr(ns, dest, _bool_env(raw))
-        elif isinstance(cur, int) and not isinstance(cur, bool):
-            setattr(ns, dest, int(raw))
-        elif isinstance(cur, float):
-            setattr(ns, dest, float(raw))
-        else:
-            setattr(ns, dest, raw)
+        try:
+            if isinstance(cur, bool) or dest in ("kv_unified",):
+                setattr(ns, dest, _bool_env(raw))
+            elif isinstance(cur, int) and not isinstance(cur, bool):
+                setattr(ns, dest, int(raw))
+            elif isinstance(cur, float):
+                setattr(ns, dest, float(raw))
+            else:
+                setattr(ns, dest, raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r}: not a valid {type(cur).__name__}") from None
 
 
 def _parse_kv_override(spec: str) -> Tuple[str, Any]:
@@ -302,7 +314,8 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str,
               "batch_size", "ubatch_size", "threads", "threads_batch", "split_mode", "main_gpu", "flash_attn",
               "cache_type_k", "cache_type_v", "n_predict", "keep", "context_shift", "cache_prompt", "cache_reuse",
               "slot_save_path", "slot_prompt_similarity", "slots", "metrics", "props", "cors_origins", "embedding",
-              "reranking", "pooling", "embd_normalize", "jinja", "reasoning_format", "lora_init_without_apply",
+              "reranking", "pooling", "embd_normalize", "jinja", "reasoning_format", "reasoning_budget",
+              "reasoning_budget_message", "lora_init_without_apply",
               "temperature", "top_k", "top_p", "min_p", "typical_p", "seed", "repeat_penalty", "repeat_last_n",
               "presence_penalty", "frequency_penalty", "mmap", "mlock", "check_tensors", "rope_freq_base",
               "rope_freq_scale", "ssl_key_file", "ssl_cert_file", "ui", "static_path", "api_prefix", "timeout",
@@ -352,6 +365,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str,
     if cfg.cache_reuse > 0:
         raise ConfigError("--cache-reuse: reusing cache chunks by KV shifting is not supported by pyllama yet "
                           "(prompt caching by common prefix is on; use --cache-reuse 0)")
+    if not -1 <= cfg.reasoning_budget <= 2**31 - 1:
+        raise ConfigError(f"--reasoning-budget must be -1 (unrestricted), 0 (immediate end) or a positive token "
+                          f"count, got {cfg.reasoning_budget}")
     if cfg.rpc:
         from .. import _core
         from ..rpc import parse_endpoints

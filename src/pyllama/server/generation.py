@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 from .. import _core
+from ..chat import chat_reasoning_extras, reasoning_budget_extras
 from ..engine import AsyncEngine, Request, RequestOutput, RequestStream, fold
 from ..errors import GrammarError
 from ..params import DEFAULT_SEED, SamplingParams
@@ -98,8 +99,37 @@ def logit_bias_pairs(vocab: "_core.Vocab", bias: Any) -> List[Tuple[int, float]]
     return pairs
 
 
+def reasoning_params(fields: SamplingFields, cfg: ServerConfig, vocab: "_core.Vocab",
+                     rendered: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The reasoning budget fields of a request, as llama-server fills them.
+
+    Chat (``rendered`` given; oaicompat_chat_params_parse): the budget is ``reasoning_budget_tokens``
+    or ``thinking_budget_tokens``, -1 meaning the server's ``--reasoning-budget``; the tags and the
+    generation prompt are the template's. Elsewhere (server-schema.cpp) every field comes from the
+    request, the budget and message defaulting to the server's; without tags there is no budget."""
+    budget = fields.reasoning_budget_tokens
+    if rendered is not None and budget is None:
+        budget = getattr(fields, "thinking_budget_tokens", None)
+    if budget is None or (rendered is not None and budget == -1):
+        budget = cfg.reasoning_budget
+    message = cfg.reasoning_budget_message if fields.reasoning_budget_message is None \
+        else fields.reasoning_budget_message
+    control = bool(fields.reasoning_control)
+    if rendered is not None and rendered.get("thinking_end_tags"):
+        return chat_reasoning_extras(rendered, vocab, budget=budget, message=message, control=control)
+    ends = fields.reasoning_budget_end_tags
+    if ends is None:
+        ends = [fields.reasoning_budget_end_tag] if fields.reasoning_budget_end_tag else []
+    gp = rendered.get("generation_prompt", "") if rendered is not None else (fields.generation_prompt or "")
+    return reasoning_budget_extras(vocab, budget=budget, message=message,
+                                   start_tag=fields.reasoning_budget_start_tag or "", end_tags=ends,
+                                   generation_prompt=gp, control=control)
+
+
 def sampling_params(fields: SamplingFields, cfg: ServerConfig, vocab: "_core.Vocab",
-                    **extra: Any) -> SamplingParams:
+                    rendered: Optional[Dict[str, Any]] = None, **extra: Any) -> SamplingParams:
+    """SamplingParams of a request: the server's defaults, the request's fields, then ``extra``
+    (a chat template's grammar). ``rendered``: the chat template's output, for chat requests."""
     if fields.lora:
         raise APIError(501, "per-request \"lora\" is not supported by pyllama yet; set adapter scales with "
                             "POST /lora-adapters", "not_supported_error")
@@ -123,6 +153,7 @@ def sampling_params(fields: SamplingFields, cfg: ServerConfig, vocab: "_core.Voc
     kw["logit_bias"] = tuple(logit_bias_pairs(vocab, fields.logit_bias))
     if fields.n_probs:
         kw["n_probs"] = fields.n_probs
+    kw.update(reasoning_params(fields, cfg, vocab, rendered))
     kw.update(extra)
     if fields.grammar and fields.json_schema:
         raise APIError(400, "use either grammar or json_schema, not both")

@@ -10,13 +10,13 @@ from aiohttp import web
 from .. import _core
 from ..chat import (ChatDeltaParser, chat_stops, json_schema_from_response_format, new_id, sampling_extras,
                     token_logprob_entry)
-from ..engine import RequestOutput
+from ..engine import RequestOutput, RequestStream
 from ..errors import ChatTemplateError, ContextLimitError, GrammarError
 from .common import error_of, now, parse, usage
 from .errors import APIError, require_enabled
 from .generation import (submit_all, collect, make_request, merged, prompt_tokens, sampling_params,
                          stop_list)
-from .schemas import ChatCompletionRequest, EmbeddingRequest, OAICompletionRequest
+from .schemas import ChatCompletionRequest, ChatControlRequest, EmbeddingRequest, OAICompletionRequest
 from .sse import SSEWriter
 from .state import STATE, ServerState
 
@@ -143,7 +143,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     cfg, vocab = st.config, st.vocab
     rendered = render_chat(st, req)
     extra = sampling_extras(rendered, vocab)
-    sampling = sampling_params(req, cfg, vocab, **extra)
+    sampling = sampling_params(req, cfg, vocab, rendered=rendered, **extra)
     tokens = vocab.tokenize(rendered["prompt"], add_special=True, parse_special=True)
     max_tokens = next((v for v in (req.max_completion_tokens, req.max_tokens, req.n_predict) if v is not None), None)
     n_top = (req.top_logprobs or 0) if req.logprobs else 0
@@ -151,9 +151,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                          n_probs=n_top, logprobs=bool(req.logprobs), choice=j) for j in range(req.n)]
     streams = submit_all(st.engine, reqs)
     cid, created, model = new_id("chatcmpl"), now(), model_name(st, req.model)
+    # while it runs, the completion can be acted on by id (POST /v1/chat/completions/control)
+    st.live_chats[cid] = [r.id for r in reqs]
+    try:
+        return await _chat_response(request, st, req, rendered, streams, cid, created, model)
+    finally:
+        st.live_chats.pop(cid, None)
+
+
+async def _chat_response(request: web.Request, st: ServerState, req: ChatCompletionRequest, rendered: Dict[str, Any],
+                         streams: List[RequestStream], cid: str, created: int, model: str) -> web.StreamResponse:
+    cfg, vocab = st.config, st.vocab
     syntax = rendered.get("syntax")
-    parsers = [ChatDeltaParser(syntax) for _ in reqs]
-    texts = [""] * len(reqs)
+    parsers = [ChatDeltaParser(syntax) for _ in streams]
+    texts = [""] * len(streams)
 
     def lp_of(o: RequestOutput) -> Optional[Dict[str, Any]]:
         if not req.logprobs or not o.logprobs:
@@ -171,9 +182,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
 
     if req.stream:
-        finals: List[Optional[RequestOutput]] = [None] * len(reqs)
+        finals: List[Optional[RequestOutput]] = [None] * len(streams)
         async with SSEWriter(request, cfg.sse_ping_interval) as sse:
-            for i in range(len(reqs)):
+            for i in range(len(streams)):
                 await sse.send(chunk(i, {"role": "assistant", "content": None}))
             async for i, o in merged(streams):
                 if o.finished and o.error is not None:
@@ -223,6 +234,35 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return web.json_response({"id": cid, "object": "chat.completion", "created": created, "model": model,
                               "system_fingerprint": "pyllama", "choices": choices, "usage": usage(outs, req.n),
                               "timings": outs[0].timings})
+
+
+async def chat_control(request: web.Request) -> web.Response:
+    """POST /v1/chat/completions/control: act on a running chat completion by its id. The one action
+    is "reasoning_end" (llama-server's): the completion must have been sent with
+    ``reasoning_control: true``; its reasoning block ends now (the budget message and end tag are
+    forced) and the answer follows. Answers {"success": bool, "message"?: str}."""
+    st = request.app[STATE].require()
+    req = await parse(request, ChatControlRequest)
+    if not req.id:
+        raise APIError(400, "missing completion id")
+    if req.action != "reasoning_end":
+        raise APIError(400, "unknown control action")
+    ids = st.live_chats.get(req.id)
+    if not ids:
+        return web.json_response({"success": False, "message": "no active completion for this id"})
+    assert st.engine is not None
+    found = False
+    for rid in ids:
+        try:
+            await st.engine.reasoning_end(rid)
+            found = True
+        except LookupError:
+            continue            # that choice has finished
+        except ValueError as e:
+            return web.json_response({"success": False, "message": str(e)})
+    if not found:
+        return web.json_response({"success": False, "message": "no active completion for this id"})
+    return web.json_response({"success": True})
 
 
 def embedding_inputs(vocab: "_core.Vocab", value: Any) -> List[List[int]]:

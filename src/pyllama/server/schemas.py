@@ -13,6 +13,7 @@ TokenOrText = Union[StrictInt, str]       # a token id is an integer (true is no
 PromptT = Union[str, List[TokenOrText], List[Union[str, List[TokenOrText]]]]
 EmbeddingInputT = Union[str, List[str], List[StrictInt], List[List[StrictInt]]]
 Finite = Field(default=None, allow_inf_nan=False)
+INT32_MAX = 2**31 - 1
 
 
 class _Base(BaseModel):
@@ -59,6 +60,15 @@ class SamplingFields(_Base):
     return_tokens: bool = False
     timings_per_token: bool = False
     lora: Optional[List[Dict[str, Any]]] = None      # refused for now (see generation.sampling_params)
+    # reasoning budget (llama-server's server-schema.cpp): on the chat endpoint the tags and the
+    # generation prompt come from the chat template; elsewhere they can be given here
+    reasoning_budget_tokens: Optional[StrictInt] = Field(default=None, ge=-1, le=INT32_MAX)
+    reasoning_budget_message: Optional[str] = None
+    reasoning_budget_start_tag: Optional[str] = None
+    reasoning_budget_end_tags: Optional[List[str]] = None
+    reasoning_budget_end_tag: Optional[str] = None
+    generation_prompt: Optional[str] = None
+    reasoning_control: bool = False
 
 
 class CompletionRequest(SamplingFields):
@@ -120,6 +130,7 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     reasoning_format: Optional[str] = None
     reasoning_effort: Optional[str] = None
+    thinking_budget_tokens: Optional[StrictInt] = Field(default=None, ge=-1, le=INT32_MAX)  # alias (Anthropic's)
     user: Optional[str] = None
 
     def rendered_messages(self) -> List[Dict[str, Any]]:
@@ -183,6 +194,14 @@ class LoraItem(_Base):
     scale: float = Field(allow_inf_nan=False)
 
 
+class ChatControlRequest(_Base):
+    """POST /v1/chat/completions/control: act on a running chat completion."""
+
+    id: Optional[str] = None
+    action: Optional[str] = None
+    model: Optional[str] = None
+
+
 class ErrorBody(_Base):
     code: int
     message: str
@@ -197,6 +216,7 @@ REQUEST_MODELS = {
     ("post", "/completion"): CompletionRequest,
     ("post", "/v1/completions"): OAICompletionRequest,
     ("post", "/v1/chat/completions"): ChatCompletionRequest,
+    ("post", "/v1/chat/completions/control"): ChatControlRequest,
     ("post", "/v1/embeddings"): EmbeddingRequest,
     ("post", "/embedding"): EmbeddingRequest,
     ("post", "/tokenize"): TokenizeRequest,

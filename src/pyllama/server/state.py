@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from aiohttp import web
 
@@ -31,6 +31,7 @@ class ServerState:
     load_error: Optional[str] = None
     load_progress: float = 0.0
     t_start: float = field(default_factory=time.time)
+    live_chats: Dict[str, List[str]] = field(default_factory=dict)   # running chat completion id -> request ids
 
     def require(self) -> "ServerState":
         """The state, if the model is ready; else a 503 as llama-server's."""
