@@ -7,7 +7,7 @@ the Cython artifacts ``pyllama\._core\.__test__`` and ``pyllama\._core\.(\w+\.)?
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypedDict, TypeVar, overload
+from typing import Any, Optional, Sequence, TypedDict, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -35,13 +35,14 @@ _F32Array = npt.NDArray[np.float32]
 # const uint8_t[::1]: any C-contiguous byte buffer (numpy only declares __buffer__ on 3.12+)
 _Bytes = Buffer | npt.NDArray[np.uint8]
 
-class _DeviceInfo(TypedDict):
+class _DeviceInfo(TypedDict, total=False):
     name: str
     description: str
     type: str  # "cpu", "gpu", "igpu", "accel", "meta" or "unknown"
     backend: str
-    memory_free: int
-    memory_total: int
+    memory_free: Optional[int]  # None with memory=False, or when the device cannot answer
+    memory_total: Optional[int]
+    error: str  # only when the memory query failed (an RPC device whose server is gone)
 
 class _PerfData(TypedDict):
     t_start_ms: float
@@ -345,13 +346,15 @@ def quantize(
 ) -> None:
     """Quantize the GGUF model ``src`` into ``dst`` (ftype: a name from FTYPES)."""
 
-def list_devices() -> list[_DeviceInfo]: ...
+def list_devices(memory: bool = True) -> list[_DeviceInfo]: ...
 def list_backends() -> list[str]: ...
 def system_info() -> str: ...
 def llama_cpp_version() -> str: ...
 def supports_gpu_offload() -> bool: ...
 def supports_mmap() -> bool: ...
 def supports_rpc() -> bool: ...
+def _rpc_add_server(endpoint: str) -> list[str]: ...
+def _rpc_start_server(endpoint: str, cache_dir: Optional[str], n_threads: int, devices: Sequence[str]) -> None: ...
 def max_devices() -> int: ...
 def max_parallel_sequences() -> int: ...
 def time_us() -> int: ...

@@ -101,7 +101,8 @@ _DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 def list_devices(memory=True):
     """The backend devices llama.cpp can use, with their memory in bytes (``memory=False``
-    skips the memory query, which for an RPC device is a round trip to its server)."""
+    skips the memory query, which for an RPC device is a round trip to its server; a device
+    that cannot answer has ``None`` and an ``error``)."""
     cdef size_t i, free_mem, total_mem
     cdef ggml_backend_dev_t d
     out = []
@@ -109,17 +110,23 @@ def list_devices(memory=True):
         d = ggml_backend_dev_get(i)
         free_mem = 0
         total_mem = 0
-        if memory:
-            # an RPC device whose server is gone aborts in there: a RuntimeError, not a crash
-            ggml_backend_dev_memory(d, &free_mem, &total_mem)
-        out.append({
+        info = {
             "name": ggml_backend_dev_name(d).decode(),
             "description": ggml_backend_dev_description(d).decode(),
             "type": _DEV_TYPES.get(<int>ggml_backend_dev_type_of(d), "unknown"),
             "backend": ggml_backend_reg_name(ggml_backend_dev_backend_reg(d)).decode(),
-            "memory_free": free_mem,
-            "memory_total": total_mem,
-        })
+            "memory_free": None,
+            "memory_total": None,
+        }
+        if memory:
+            try:
+                ggml_backend_dev_memory(d, &free_mem, &total_mem)
+                info["memory_free"] = free_mem
+                info["memory_total"] = total_mem
+            except RuntimeError as e:
+                # an RPC device whose server is gone aborts in there
+                info["error"] = str(e)
+        out.append(info)
     return out
 
 

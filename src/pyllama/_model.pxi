@@ -27,7 +27,7 @@ cdef ggml_backend_dev_t _find_device(str name) except? NULL:
         dev = ggml_backend_dev_get(i)
         if ggml_backend_dev_name(dev).decode() == name:
             return dev
-    raise ValueError(f"no device named {name!r}; available: {[d['name'] for d in list_devices()]}")
+    raise ValueError(f"no device named {name!r}; available: {[d['name'] for d in list_devices(memory=False)]}")
 
 
 cdef class Model:

@@ -160,7 +160,7 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
         st.ready = True
         m = st.model
         runner = engine.core.runner
-        devices = ", ".join(f"{d['name']} ({d['description']})" for d in _core.list_devices())
+        devices = ", ".join(f"{d['name']} ({d['description']})" for d in _core.list_devices(memory=False))
         logger.info("model loaded", extra={"summary": {
             "model": cfg.model, "alias": cfg.model_name, "params": m.n_params, "ctx": runner.n_ctx_slot,
             "slots": cfg.n_slots, "kv_unified": cfg.unified, "backends": _core.list_backends(), "devices": devices}})
