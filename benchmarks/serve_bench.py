@@ -15,6 +15,12 @@ A server that is not available is reported as missing, never silently skipped:
 - llama-server: built by benchmarks/build_llama_tools.sh into benchmarks/.build/;
 - llama-cpp-python: `python benchmarks/serve_bench.py --setup-llama-cpp-python` installs
   llama-cpp-python[server] into benchmarks/.build/lcp-venv (compiles its own llama.cpp).
+The engine's ceiling: llama-batched-bench (same build of llama.cpp as llama-server) at the same
+model, threads, batch sizes and unified KV, with C sequences of the same prompt length and n_gen
+tokens each. The clients send `cache_prompt: false`, so every request pays its prefill, and the
+comparable ceiling is batched-bench doing that same work: C * n_gen / (T_PP + T_TG) generated
+tokens per second. Each server's throughput is reported as a fraction of it (S_TG, generation
+alone, is printed too).
 Results go to benchmarks/results/serve-*.{json,md,png}.
 """
 from __future__ import annotations
@@ -69,7 +75,7 @@ def server_command(name: str, model: Path, port: int, a: argparse.Namespace) -> 
     common = ["-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(a.ctx), "-np", str(a.parallel),
               "-kvu", "-b", str(a.batch), "-ub", str(a.ubatch), "-t", str(a.threads), "-tb", str(a.threads)]
     if name == "pyllama":
-        return [sys.executable, "-m", "pyllama.server", *common, "--no-ui"]
+        return [sys.executable, *(os.environ.get("PYLLAMA_BENCH_SERVER", "-m pyllama.server").split()), *common, "--no-ui"]
     if name == "llama-server":
         b = llama_server_bin()
         return None if b is None else [str(b), *common, "--no-webui"]
@@ -83,6 +89,64 @@ def server_command(name: str, model: Path, port: int, a: argparse.Namespace) -> 
                 # by default a new request cuts off the stream in progress; queue them instead
                 "--interrupt_requests", "False"]
     raise ValueError(name)
+
+
+def batched_ceiling(model: Path, a: argparse.Namespace, n_prompt: int) -> Dict[str, Any]:
+    """llama-batched-bench's S_TG at each concurrency level (or why it is missing)."""
+    sys.path.insert(0, str(HERE))
+    from engine_bench import DEFAULT_BB, run_batched_bench
+
+    if not DEFAULT_BB.is_file():
+        return {"missing": True, "why": "llama-batched-bench not built (benchmarks/build_llama_tools.sh)"}
+    levels = []
+    for c in a.concurrency:
+        r = run_batched_bench(DEFAULT_BB, model, c, n_prompt, a.n_gen, a.threads, a.batch, a.ubatch)
+        ceiling = c * a.n_gen / (r["t_pp_s"] + r["t_tg_s"])
+        print(f"  llama-batched-bench P={c:<3d} {ceiling:8.1f} tok/s for the same work  (S_TG {r['tg_tps']:.1f}, "
+              f"S_PP {r['pp_tps']:.1f})", flush=True)
+        levels.append({"concurrency": c, "tokens_per_s": ceiling, "tg_tps": r["tg_tps"], "pp_tps": r["pp_tps"],
+                       "cmd": r["cmd"]})
+    return {"missing": False, "levels": levels}
+
+
+PROFILE = RESULTS / "serve-pyllama.pyspy.txt"
+
+
+def summarize_profile(path: Path = PROFILE, top: int = 12) -> Dict[str, Any]:
+    """Share of samples per thread, and per thread the innermost Python frames with the most samples
+    (time inside a C call, e.g. llama_decode, counts for the Python frame that made it)."""
+    if not path.exists():
+        return {}
+    import re
+
+    per_thread: Dict[str, int] = {}
+    leaf: Dict[str, Dict[str, int]] = {}
+    names: Dict[str, str] = {}
+    total = 0
+    lines = path.read_text().splitlines()
+    for line in lines:  # "thread (TID): name" where py-spy knows the name
+        m = re.match(r"thread \((\d+)\): ([^;]+?)(?: \d+)?$", line.split(";")[0])
+        if m:
+            names[m.group(1)] = m.group(2)
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        m = re.match(r"thread \((\d+)\)", frames[0])
+        thread = names.get(m.group(1), f"thread {m.group(1)}") if m else "?"
+        count = int(n)
+        total += count
+        per_thread[thread] = per_thread.get(thread, 0) + count
+        # the innermost Python frame (what Python code is waiting in, or running)
+        py = [f for f in frames[1:] if ".py:" in f or ".pyx" in f or ".pxi" in f]
+        key = py[-1] if py else frames[-1]
+        leaf.setdefault(thread, {})[key] = leaf.setdefault(thread, {}).get(key, 0) + count
+    out = {"samples": total, "threads": {}}
+    for th, n in sorted(per_thread.items(), key=lambda kv: -kv[1]):
+        frames = sorted(leaf[th].items(), key=lambda kv: -kv[1])[:top]
+        out["threads"][th] = {"share": n / total, "top": [(f, c / n) for f, c in frames]}
+    return out
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -162,6 +226,7 @@ async def run_level(base: str, conc: int, reqs_per_client: int, prompt: str, n_g
     return {"concurrency": conc, "requests": len(res), "tokens": toks, "wall_s": wall,
             "tokens_per_s": toks / wall, "requests_per_s": len(res) / wall,
             "ttft_p50_ms": pct(ttft, 0.5), "ttft_p99_ms": pct(ttft, 0.99),
+            "ttft_mean_ms": statistics.fmean(ttft) if ttft else float("nan"), "ttft_ms": sorted(ttft),
             "itl_p50_ms": pct(itl, 0.5), "itl_p99_ms": pct(itl, 0.99)}
 
 
@@ -172,6 +237,11 @@ async def bench_server(name: str, model: Path, a: argparse.Namespace, prompt: st
         return {"server": name, "missing": True,
                 "why": "llama-server not built (benchmarks/build_llama_tools.sh)" if name == "llama-server"
                 else "llama-cpp-python not installed (--setup-llama-cpp-python)"}
+    profiling = a.profile and name == "pyllama"
+    if profiling:
+        # py-spy cannot attach to a running process everywhere (ptrace rules); it starts the server
+        cmd = ["py-spy", "record", "--format", "raw", "--threads", "--rate", "200", "--nonblocking",
+               "-o", str(PROFILE), "--", *cmd]
     log = open(RESULTS / f"serve-{name}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -181,16 +251,25 @@ async def bench_server(name: str, model: Path, a: argparse.Namespace, prompt: st
         for c in a.concurrency:
             r = await run_level(base, c, a.requests_per_client, prompt, a.n_gen, eos)
             print(f"  {name:17s} C={c:<3d} {r['tokens_per_s']:8.1f} tok/s  {r['requests_per_s']:6.2f} req/s  "
-                  f"TTFT p50 {r['ttft_p50_ms']:7.1f} ms  ITL p50 {r['itl_p50_ms']:6.1f} ms", flush=True)
+                  f"TTFT p50 {r['ttft_p50_ms']:7.1f} ms (mean {r['ttft_mean_ms']:7.1f})  ITL p50 {r['itl_p50_ms']:6.1f} ms",
+                  flush=True)
             levels.append(r)
-        return {"server": name, "missing": False, "levels": levels, "peak_rss_mib": peak_rss_mib(proc.pid),
+        pid = proc.pid
+        if profiling:
+            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            pid = int(kids[0]) if kids else pid
+        return {"server": name, "missing": False, "levels": levels, "peak_rss_mib": peak_rss_mib(pid),
                 "command": " ".join(cmd)}
     except Exception as e:  # noqa: BLE001 - reported in the results
         return {"server": name, "missing": False, "error": f"{type(e).__name__}: {e}"}
     finally:
-        proc.send_signal(signal.SIGINT)
+        if profiling:  # stop the server; py-spy then writes its file and exits
+            for kid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                os.kill(int(kid), signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
@@ -213,8 +292,9 @@ def write_results(res: Dict[str, Any], stem: str) -> None:
     lines = [f"# Serving benchmark ({res['date']}, {res['machine']})", "", f"`{res['command']}`", "",
              f"model: {res['model']}, prompt {res['prompt_tokens']} tokens, {res['n_gen']} generated per request, "
              f"ctx {res['ctx']}, {res['parallel']} slots, {res['threads']} threads", "",
-             "| server | C | tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| server | C | tok/s | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | peak RSS MiB "
+             "| of batched-bench |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in res["servers"]:
         if s.get("missing") or s.get("error"):
             lines.append(f"| {s['server']} | {'missing: ' + s.get('why', '') if s.get('missing') else 'error: ' + s['error']} |")
@@ -222,7 +302,14 @@ def write_results(res: Dict[str, Any], stem: str) -> None:
         for l in s["levels"]:
             lines.append(f"| {s['server']} | {l['concurrency']} | {l['tokens_per_s']:.1f} | {l['requests_per_s']:.2f} | "
                          f"{l['ttft_p50_ms']:.1f} | {l['ttft_p99_ms']:.1f} | {l['itl_p50_ms']:.1f} | "
-                         f"{l['itl_p99_ms']:.1f} | {s['peak_rss_mib']:.0f} |")
+                         f"{l['itl_p99_ms']:.1f} | {s['peak_rss_mib']:.0f} | "
+                         + (f"{l['fraction_of_batched_bench']:.2f} |" if "fraction_of_batched_bench" in l else "- |"))
+    ceiling = res.get("ceiling") or {}
+    if ceiling.get("missing"):
+        lines.append(f"| llama-batched-bench | missing: {ceiling['why']} |")
+    for l in ceiling.get("levels", []):
+        lines.append(f"| llama-batched-bench (same work; S_TG {l['tg_tps']:.1f}) | {l['concurrency']} | "
+                     f"{l['tokens_per_s']:.1f} | | | | | | | 1.00 |")
     lines += ["", "pyllama's ratio to each peer (throughput; TTFT p50 as peer/pyllama, > 1 means pyllama is faster):", ""]
     for r in res["ratios"]:
         lines.append(f"- vs {r['peer']} at C={r['concurrency']}: throughput x{r['throughput_ratio']:.2f}, "
@@ -270,6 +357,10 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--ubatch", type=int, default=512)
     ap.add_argument("--setup-llama-cpp-python", action="store_true")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the llama-batched-bench ceiling")
+    ap.add_argument("--profile", action="store_true",
+                    help="run pyllama's server under py-spy (results/serve-pyllama.pyspy.txt) and summarize "
+                         "where its threads spend their time; use one --concurrency level")
     a = ap.parse_args()
     if a.setup_llama_cpp_python:
         setup_llama_cpp_python()
@@ -302,6 +393,18 @@ def main() -> int:
             print(f"  ERROR: {r['error']}")
         res["servers"].append(r)
     by = {s["server"]: s for s in res["servers"] if not s.get("missing") and not s.get("error")}
+    if not a.no_ceiling:
+        print("llama-batched-bench (ceiling):", flush=True)
+        res["ceiling"] = batched_ceiling(model, a, n_prompt)
+        if res["ceiling"].get("missing"):
+            print(f"  MISSING: {res['ceiling']['why']}")
+        for s in by.values():
+            for lvl, cl in zip(s["levels"], res["ceiling"].get("levels", [])):
+                lvl["fraction_of_batched_bench"] = lvl["tokens_per_s"] / cl["tokens_per_s"]
+        if not res["ceiling"].get("missing"):
+            for name, s in by.items():
+                print(f"{name} as a fraction of llama-batched-bench: " + ", ".join(
+                    f"C={lvl['concurrency']}: {lvl['fraction_of_batched_bench']:.2f}" for lvl in s["levels"]))
     if "pyllama" in by:
         for peer in by:
             if peer == "pyllama":
@@ -313,6 +416,13 @@ def main() -> int:
                 res["ratios"].append(ratio)
                 print(f"pyllama vs {peer} at C={ratio['concurrency']}: throughput x{ratio['throughput_ratio']:.2f}, "
                       f"TTFT p50 x{ratio['ttft_ratio']:.2f} (peer/pyllama)")
+    if a.profile and "pyllama" in by:
+        res["profile"] = prof = summarize_profile()
+        print(f"py-spy profile of pyllama's server ({prof.get('samples', 0)} samples, {PROFILE}):")
+        for th, d in prof.get("threads", {}).items():
+            print(f"  thread {th}: {d['share']:.0%} of samples")
+            for frame, share in d["top"][:6]:
+                print(f"      {share:6.1%}  {frame}")
     stem = f"serve-{a.preset}-{a.ftype}{'-quick' if a.quick else ''}"
     write_results(res, stem)
     plot(res, stem)
