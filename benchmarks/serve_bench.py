@@ -75,10 +75,10 @@ def server_command(name: str, model: Path, port: int, a: argparse.Namespace) -> 
     common = ["-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(a.ctx), "-np", str(a.parallel),
               "-kvu", "-b", str(a.batch), "-ub", str(a.ubatch), "-t", str(a.threads), "-tb", str(a.threads)]
     if name == "pyllama":
-        return [sys.executable, *(os.environ.get("PYLLAMA_BENCH_SERVER", "-m pyllama.server").split()), *common, "--no-ui"]
+        return [sys.executable, "-m", "pyllama.server", *common, "--no-ui"]
     if name == "llama-server":
         b = llama_server_bin()
-        return None if b is None else [str(b), *common, "--no-webui"]
+        return None if b is None else [str(b), *common, "--no-webui", *a.llama_server_args.split()]
     if name == "llama-cpp-python":
         py = LCP_VENV / "bin" / "python"
         if not py.exists():
@@ -358,6 +358,7 @@ def main() -> int:
     ap.add_argument("--ubatch", type=int, default=512)
     ap.add_argument("--setup-llama-cpp-python", action="store_true")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the llama-batched-bench ceiling")
+    ap.add_argument("--llama-server-args", default="", help="extra flags for llama-server, e.g. '--cache-ram 0'")
     ap.add_argument("--profile", action="store_true",
                     help="run pyllama's server under py-spy (results/serve-pyllama.pyspy.txt) and summarize "
                          "where its threads spend their time; use one --concurrency level")
