@@ -8,9 +8,9 @@
 #   - the throwaway CMakeCache.txt holds GGML_<X>=ON.
 # Routes: plain `cmake -DGGML_<X>=ON`; `CMAKE_ARGS="-DGGML_<X>=on" pip wheel .`; and
 # `pip wheel . -Ccmake.define.GGML_<X>=ON` (scikit-build-core; these stop at configure, ~20 s each).
-# A positive control (Vulkan, when its packages are installed) shows a configure that gets
-# through, with CMakeLists.txt's "pyllama: GGML_<X>=" report. That report comes after ggml's
-# subdirectory, so a configure that stops inside ggml (Metal, HIP here) never prints it.
+# Each run must also print CMakeLists.txt's own report, "pyllama: GGML_<X>=ON" (it comes before
+# ggml's subdirectory). A positive control (Vulkan, when its packages are installed) shows a
+# configure that gets through.
 #   bash ci/check_backend_flags.sh          # PYLLAMA_FLAGS_PIP=0 skips the pip routes
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -26,10 +26,11 @@ expect() {
   lower=$(echo "$b" | tr '[:upper:]' '[:lower:]')
   where=$(grep -A6 "CMake Error" "$log" | grep -oE "ggml/src/ggml-$lower/CMakeLists.txt:[0-9]+ \([a-z_]+\)" | head -1)
   cached=$(grep -E "^GGML_$b:BOOL=" "$dir/CMakeCache.txt" 2>/dev/null | cut -d= -f2)
-  if [ -n "$where" ] && [[ "$cached" =~ ^(ON|on|On|1|TRUE|true)$ ]]; then
-    echo "ci: ok   $name: cache GGML_$b=$cached; stopped in $where:"
+  reported=$(grep -oiE "pyllama: GGML_$b=(ON|1|TRUE)" "$log" | head -1)
+  if [ -n "$where" ] && [[ "$cached" =~ ^(ON|on|On|1|TRUE|true)$ ]] && [ -n "$reported" ]; then
+    echo "ci: ok   $name: '$reported', cache GGML_$b=$cached; stopped in $where:"
   else
-    echo "ci: FAIL $name: cache GGML_$b='${cached}', error in ggml-$lower/: '${where}' (log: $log)"
+    echo "ci: FAIL $name: report '${reported}', cache GGML_$b='${cached}', error in ggml-$lower/: '${where}' (log: $log)"
     fail=1
   fi
   grep -A8 "CMake Error" "$log" | grep -vE "^\s*$|Call Stack" | sed 's/^ */ci:        /' | head -4
