@@ -111,3 +111,31 @@ def test_model_that_fails_to_load_exits_1(tmp_path):
     r = run_cli("-m", str(bad), "--port", "0")
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
     assert "failed to load" in r.stderr
+
+
+def test_reasoning_flags_set_template_defaults():
+    kw = lambda *a, env=None: parse_args(["-m", "x.gguf", *a], environ=env or {}).chat_template_kwargs  # noqa: E731
+    assert kw() == {}
+    assert kw("-rea", "off") == {"enable_thinking": False}
+    assert kw("--reasoning", "on") == {"enable_thinking": True}
+    assert kw("--reasoning", "auto") == {}
+    assert kw(env={"LLAMA_ARG_REASONING": "off"}) == {"enable_thinking": False}
+    # an explicit template kwarg wins over -rea, as a later llama-server flag would
+    assert kw("-rea", "off", "--chat-template-kwargs", '{"enable_thinking": true}') == {"enable_thinking": True}
+    assert kw("--reasoning-effort", "high") == {"reasoning_effort": "high"}
+    assert kw("--reasoning-effort", "default") == {}
+    with pytest.raises(ConfigError, match="--reasoning: unknown value 'maybe'"):
+        kw("-rea", "maybe")
+
+
+def test_reasoning_off_closes_the_thinking_block(inproc, thinking_model_path):
+    async def scenario(client):
+        r = await client.post("/apply-template", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status == 200
+        return (await r.json())["prompt"]
+
+    model = str(thinking_model_path("opens"))
+    on = inproc(["-m", model, "-rea", "on"], scenario)
+    off = inproc(["-m", model, "-rea", "off"], scenario)
+    assert on.rstrip().endswith("<think>")
+    assert "</think>" in off[off.rindex("<think>"):]

@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--chat-template-file")
     t.add_argument("--chat-template-kwargs", help="JSON object passed to the template")
     t.add_argument("--reasoning-format", default="auto", choices=["none", "auto", "deepseek", "deepseek-legacy"])
+    t.add_argument("-rea", "--reasoning", default="auto", metavar="on|off|auto",
+                   help="use reasoning/thinking in the chat: on/off set the template's enable_thinking, auto "
+                        "leaves it to the template (env LLAMA_ARG_REASONING)")
+    t.add_argument("--reasoning-effort", default="default", metavar="LEVEL",
+                   help="reasoning_effort given to the chat template ('default' keeps the template's; "
+                        "env LLAMA_ARG_REASONING_EFFORT)")
     t.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
                    help="token budget for thinking: -1 for unrestricted, 0 for immediate end, N>0 for token budget "
                         "(env LLAMA_ARG_THINK_BUDGET)")
@@ -248,6 +254,7 @@ ENV = {
     "cors_origins": "LLAMA_ARG_CORS_ORIGINS", "embedding": "LLAMA_ARG_EMBEDDINGS",
     "reranking": "LLAMA_ARG_RERANKING", "pooling": "LLAMA_ARG_POOLING", "jinja": "LLAMA_ARG_JINJA",
     "chat_template_kwargs": "LLAMA_ARG_CHAT_TEMPLATE_KWARGS", "reasoning_format": "LLAMA_ARG_THINK",
+    "reasoning": "LLAMA_ARG_REASONING", "reasoning_effort": "LLAMA_ARG_REASONING_EFFORT",
     "reasoning_budget": "LLAMA_ARG_THINK_BUDGET", "reasoning_budget_message": "LLAMA_ARG_THINK_BUDGET_MESSAGE",
     "temperature": "LLAMA_ARG_TEMPERATURE", "top_k": "LLAMA_ARG_TOP_K", "top_p": "LLAMA_ARG_TOP_P",
     "min_p": "LLAMA_ARG_MIN_P", "repeat_penalty": "LLAMA_ARG_REPEAT_PENALTY",
@@ -350,6 +357,17 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str,
             raise ConfigError(f"--chat-template-kwargs must be a JSON object: {e}") from None
         if not isinstance(cfg.chat_template_kwargs, dict):
             raise ConfigError("--chat-template-kwargs must be a JSON object")
+    # -rea / --reasoning-effort are defaults for the template's kwargs (as llama-server's
+    # default_template_kwargs); an explicit --chat-template-kwargs key wins
+    rea = str(ns.reasoning).strip().lower()
+    if rea in ("on", "true", "1", "enabled"):
+        cfg.chat_template_kwargs.setdefault("enable_thinking", True)
+    elif rea in ("off", "false", "0", "disabled"):
+        cfg.chat_template_kwargs.setdefault("enable_thinking", False)
+    elif rea != "auto":
+        raise ConfigError(f"--reasoning: unknown value {ns.reasoning!r} (on, off or auto)")
+    if ns.reasoning_effort != "default":
+        cfg.chat_template_kwargs.setdefault("reasoning_effort", ns.reasoning_effort)
     for spec in ns.override_kv:
         for item in spec.split(","):
             k, v = _parse_kv_override(item)
