@@ -1,13 +1,12 @@
 """Shared fixtures: small GGUF models the suite generates itself (seeded random weights, real vocab)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 import pyllama
-from pyllama.testing import vocab_path, write_random_model
+from pyllama.testing import write_random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "vendor" / "llama.cpp" / "models"

@@ -8,7 +8,7 @@ import pytest
 
 import pyllama
 from pyllama import ContextParams, SamplingParams
-from pyllama.engine import AsyncEngine, Request, RequestKind
+from pyllama.engine import AsyncEngine, Request
 
 GREEDY = SamplingParams(temperature=0)
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from aio_helpers import post_json  # noqa: E402
 
 
 def tiny_argv(path, *more):
     return ["-m", str(path), "-np", "2", "-c", "1024", *more]
 
 
-async def post_json(client, path, body, status=200):
-    r = await client.post(path, json=body)
-    text = await r.text()
-    assert r.status == status, (path, body, r.status, text)
-    return json.loads(text)
 
 
 async def read_sse(resp):

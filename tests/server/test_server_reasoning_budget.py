@@ -21,6 +21,7 @@ from pyllama.server.state import STATE
 
 openai = pytest.importorskip("openai")
 from openai.types.chat import ChatCompletion, ChatCompletionChunk  # noqa: E402
+from aio_helpers import post_json, post_stream  # noqa: E402
 
 HI = [{"role": "user", "content": "Hi!"}]
 ARGV = ("-np", "2", "-c", "2048")
@@ -31,20 +32,8 @@ def argv(path, *more: str) -> List[str]:
     return ["-m", str(path), *ARGV, *more]
 
 
-async def post(client, path: str, body: Dict[str, Any], status: int = 200) -> Any:
-    r = await client.post(path, json=body)
-    text = await r.text()
-    assert r.status == status, (path, body, r.status, text)
-    return json.loads(text)
 
 
-async def stream_events(client, path: str, body: Dict[str, Any]) -> List[Dict[str, Any]]:
-    r = await client.post(path, json={**body, "stream": True})
-    raw = (await r.read()).decode()
-    assert r.status == 200, raw
-    data = [ln[len("data: "):] for ln in raw.splitlines() if ln.startswith("data: ")]
-    assert data and data[-1] == "[DONE]", raw[-300:]
-    return [json.loads(d) for d in data[:-1]]
 
 
 def find(seq: Sequence[Any], sub: Sequence[Any]) -> int:
@@ -60,7 +49,7 @@ def piece_list(vocab, text: str) -> List[bytes]:
 
 async def chat(client, **body: Any) -> Dict[str, Any]:
     """A greedy chat completion with per-token logprobs: the message and the generated token pieces."""
-    res = await post(client, "/v1/chat/completions", {"messages": HI, "temperature": 0, "logprobs": True,
+    res = await post_json(client, "/v1/chat/completions", {"messages": HI, "temperature": 0, "logprobs": True,
                                                       "max_tokens": 24, **body})
     ChatCompletion.model_validate(res)
     choice = res["choices"][0]
@@ -122,7 +111,7 @@ def test_chat_budget(inproc, thinking_model_path):
             assert msg["content"] and "</think>" not in msg["content"]
             # streamed: the same reasoning, then the same answer
             body = {"messages": HI, "temperature": 0, "max_tokens": 24, "reasoning_budget_tokens": budget}
-            chunks = [ChatCompletionChunk.model_validate(c) for c in await stream_events(
+            chunks = [ChatCompletionChunk.model_validate(c) for c in await post_stream(
                 client, "/v1/chat/completions", body)]
             deltas = [c.choices[0].delta for c in chunks if c.choices]
             reasoning = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
@@ -185,8 +174,8 @@ def test_no_thinking_tags_no_budget(inproc, chat_model_path):
     """Qwen 2.5's template has no thinking tags: a budget changes nothing (as llama-server)."""
     async def scenario(client):
         body = {"messages": HI, "temperature": 0, "max_tokens": 10}
-        a = await post(client, "/v1/chat/completions", body)
-        b = await post(client, "/v1/chat/completions", {**body, "reasoning_budget_tokens": 0})
+        a = await post_json(client, "/v1/chat/completions", body)
+        b = await post_json(client, "/v1/chat/completions", {**body, "reasoning_budget_tokens": 0})
         assert a["choices"][0]["message"] == b["choices"][0]["message"]
 
     inproc(argv(chat_model_path), scenario)
@@ -202,20 +191,20 @@ def test_completion_endpoints_with_raw_tags(inproc, thinking_model_path):
                "generation_prompt": "<think>\n", "temperature": 0, "reasoning_budget_message": " Done."}
         forced = [t for text in (" Done.", "</think>") for t in vocab.tokenize(text, add_special=False,
                                                                             parse_special=True)]
-        res = await post(client, "/completion", {"prompt": "Question: why?\n<think>\n", "n_predict": 16,
+        res = await post_json(client, "/completion", {"prompt": "Question: why?\n<think>\n", "n_predict": 16,
                                                  "return_tokens": True, "reasoning_budget_tokens": 4, **raw})
         k = find(res["tokens"], forced)
         check_free_tokens(k, 4, [vocab.token_to_piece(t, special=True) for t in res["tokens"]])
         assert res["content"].count("</think>") == 1
         # without the generation prompt the sampler waits for a <think> the model never writes
         no_gp = {k: v for k, v in raw.items() if k != "generation_prompt"}
-        res = await post(client, "/completion", {"prompt": "Question: why?\n<think>\n", "n_predict": 16,
+        res = await post_json(client, "/completion", {"prompt": "Question: why?\n<think>\n", "n_predict": 16,
                                                  "return_tokens": True, "reasoning_budget_tokens": 4, **no_gp})
         assert find(res["tokens"], forced) == -1
         # the singular end tag, on /v1/completions
         one = {**raw, "reasoning_budget_end_tag": "</think>"}
         del one["reasoning_budget_end_tags"]
-        res = await post(client, "/v1/completions", {"prompt": "Question: why?\n<think>\n", "max_tokens": 16,
+        res = await post_json(client, "/v1/completions", {"prompt": "Question: why?\n<think>\n", "max_tokens": 16,
                                                      "reasoning_budget_tokens": 4, **one})
         text = res["choices"][0]["text"]
         assert " Done.</think>" in text and text.index(" Done.</think>") > 0
@@ -293,7 +282,7 @@ def test_reasoning_control(inproc, thinking_model_path):
                 if parked.is_set():
                     break
                 await asyncio.sleep(0.01)
-            ctl = await post(client, "/v1/chat/completions/control", {"id": cid, "action": "reasoning_end"})
+            ctl = await post_json(client, "/v1/chat/completions/control", {"id": cid, "action": "reasoning_end"})
             assert ctl == {"success": True}
             for line in (await r.read()).decode().splitlines():
                 if line.startswith("data: ") and line != "data: [DONE]":
@@ -310,7 +299,7 @@ def test_reasoning_control(inproc, thinking_model_path):
                   for e in ((ev["choices"][0].get("logprobs") or {}).get("content") or [])]
         assert n_before(pieces, vocab, MSG) == 5, pieces
         # it is over now: nothing to act on
-        ctl = await post(client, "/v1/chat/completions/control", {"id": cid, "action": "reasoning_end"})
+        ctl = await post_json(client, "/v1/chat/completions/control", {"id": cid, "action": "reasoning_end"})
         assert ctl == {"success": False, "message": "no active completion for this id"}
 
     inproc(argv(thinking_model_path("opens")), scenario)
@@ -319,11 +308,11 @@ def test_reasoning_control(inproc, thinking_model_path):
 def test_reasoning_control_errors(inproc, thinking_model_path):
     async def scenario(client):
         st = client.server.app[STATE]
-        err = await post(client, "/v1/chat/completions/control", {"action": "reasoning_end"}, status=400)
+        err = await post_json(client, "/v1/chat/completions/control", {"action": "reasoning_end"}, status=400)
         assert err["error"]["message"] == "missing completion id"
-        err = await post(client, "/v1/chat/completions/control", {"id": "x", "action": "pause"}, status=400)
+        err = await post_json(client, "/v1/chat/completions/control", {"id": "x", "action": "pause"}, status=400)
         assert err["error"]["message"] == "unknown control action"
-        assert await post(client, "/v1/chat/completions/control", {"id": "chatcmpl-none", "action": "reasoning_end"}) \
+        assert await post_json(client, "/v1/chat/completions/control", {"id": "chatcmpl-none", "action": "reasoning_end"}) \
             == {"success": False, "message": "no active completion for this id"}
         # a completion sent without reasoning_control cannot be ended (the engine is held at its first
         # token until the control request is in the engine's queue, as in test_reasoning_control)
@@ -354,7 +343,7 @@ def test_reasoning_control_errors(inproc, thinking_model_path):
                     break
                 await asyncio.sleep(0.01)
             (cid, _), = st.live_chats.items()
-            ctl = await post(client, "/v1/chat/completions/control", {"id": cid, "action": "reasoning_end"})
+            ctl = await post_json(client, "/v1/chat/completions/control", {"id": cid, "action": "reasoning_end"})
             assert ctl == {"success": False, "message": "reasoning control not enabled for this completion"}
             r = await task
             assert r.status == 200

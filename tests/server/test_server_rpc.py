@@ -65,10 +65,15 @@ def test_worker_killed_mid_stream_fails_the_request_and_health_says_so(start_ser
 
 
 def test_bad_rpc_flags(tiny_model_path):
+    import socket
     import subprocess
     import sys
 
-    from conftest import free_port
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
     for value, msg in (("nohostport", "expected host:port"),
                        (f"127.0.0.1:{free_port()}", "cannot reach RPC server")):
         r = subprocess.run([sys.executable, "-m", "pyllama.server", "-m", str(tiny_model_path), "--rpc", value,

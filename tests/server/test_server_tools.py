@@ -38,6 +38,7 @@ from pyllama.engine import RequestOutput  # noqa: E402
 from pyllama.server.openai import render_chat  # noqa: E402
 from pyllama.server.schemas import ChatCompletionRequest  # noqa: E402
 from pyllama.server.state import STATE  # noqa: E402
+from aio_helpers import post_json, post_stream  # noqa: E402
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp" / "models" / "templates"
 QWEN25 = "Qwen-Qwen2.5-7B-Instruct.jinja"          # the template of tests/conftest.py's chat model
@@ -81,25 +82,8 @@ def argv_for(path: Path, *more: str) -> List[str]:
     return ["-m", str(path), *ARGV, *more]
 
 
-async def post(client, path: str, body: Dict[str, Any], status: int = 200) -> Any:
-    r = await client.post(path, json=body)
-    text = await r.text()
-    assert r.status == status, (path, body, r.status, text)
-    return json.loads(text)
 
 
-async def stream(client, path: str, body: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """POST with stream=true: the JSON events (after checking the stream ends with [DONE] where OpenAI's does)."""
-    r = await client.post(path, json={**body, "stream": True})
-    raw = (await r.read()).decode()
-    assert r.status == 200, (path, body, r.status, raw)
-    assert r.headers["Content-Type"].startswith("text/event-stream")
-    assert "\nerror: " not in "\n" + raw, raw
-    data = [ln[len("data: "):] for ln in raw.splitlines() if ln.startswith("data: ")]
-    if path.startswith("/v1/"):
-        assert data and data[-1] == "[DONE]", raw[-300:]
-        data = data[:-1]
-    return [json.loads(d) for d in data]
 
 
 def check_tool_call_deltas(chunks: List[Dict[str, Any]]) -> None:
@@ -228,8 +212,8 @@ def test_family_tools_render_run_and_parse(inproc, template_model, family):
     async def scenario(client):
         st = client.server.app[STATE]
         # /apply-template shows the tools in the prompt (and only when there are tools)
-        with_tools = (await post(client, "/apply-template", {"messages": USER, "tools": TOOLS}))["prompt"]
-        plain = (await post(client, "/apply-template", {"messages": USER}))["prompt"]
+        with_tools = (await post_json(client, "/apply-template", {"messages": USER, "tools": TOOLS}))["prompt"]
+        plain = (await post_json(client, "/apply-template", {"messages": USER}))["prompt"]
         for s in ("get_weather", "Get the current weather in a city", "get_time", marker):
             assert s in with_tools, f"{s!r} is not in the {family} tool prompt:\n{with_tools}"
         assert "get_weather" not in plain
@@ -237,12 +221,12 @@ def test_family_tools_render_run_and_parse(inproc, template_model, family):
 
         # a real request with tools: 200 and a well-formed response, streaming and not, the same text
         body = {**chat, "max_tokens": 8, "temperature": 0, "seed": 1}
-        whole = ChatCompletion.model_validate(await post(client, "/v1/chat/completions", body))
+        whole = ChatCompletion.model_validate(await post_json(client, "/v1/chat/completions", body))
         (choice,) = whole.choices
         assert whole.object == "chat.completion" and choice.message.role == "assistant"
         assert choice.finish_reason in ("stop", "length", "tool_calls")
         assert whole.usage.completion_tokens <= 8
-        chunks = await stream(client, "/v1/chat/completions", body)
+        chunks = await post_stream(client, "/v1/chat/completions", body)
         for c in chunks:
             ChatCompletionChunk.model_validate(c)
         assert len({c["id"] for c in chunks}) == 1
@@ -272,7 +256,7 @@ def test_family_tools_render_run_and_parse(inproc, template_model, family):
         # ... and the same output coming from the engine, through /v1/chat/completions
         scripted_output(st, output)
         body = {**chat, "max_tokens": 100}
-        res = await post(client, "/v1/chat/completions", body)
+        res = await post_json(client, "/v1/chat/completions", body)
         whole = ChatCompletion.model_validate(res)
         (choice,) = whole.choices
         assert choice.finish_reason == "tool_calls"
@@ -288,7 +272,7 @@ def test_family_tools_render_run_and_parse(inproc, template_model, family):
             assert [c.id for c in calls] == model_ids      # the model's own ids are kept
         assert whole.usage.completion_tokens == len(token_pieces(st.vocab, output))
 
-        chunks = await stream(client, "/v1/chat/completions", body)
+        chunks = await post_stream(client, "/v1/chat/completions", body)
         check_tool_call_deltas(chunks)
         assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["tool_calls"]
         n_arg_fragments = sum(1 for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls") or []
@@ -307,8 +291,8 @@ def test_family_tools_render_run_and_parse(inproc, template_model, family):
         # cut off by max_tokens in the middle of a call: finish_reason stays "length" (as llama-server's),
         # and the stream says what the whole response says (partial arguments included)
         scripted_output(st, output[:len(output) * 2 // 3], finish_reason="length")
-        whole = ChatCompletion.model_validate(await post(client, "/v1/chat/completions", body)).choices[0]
-        chunks = await stream(client, "/v1/chat/completions", body)
+        whole = ChatCompletion.model_validate(await post_json(client, "/v1/chat/completions", body)).choices[0]
+        chunks = await post_stream(client, "/v1/chat/completions", body)
         check_tool_call_deltas(chunks)
         folded = fold_chunks(chunks).choices[0]
         assert whole.finish_reason == folded.finish_reason == "length"
@@ -318,11 +302,11 @@ def test_family_tools_render_run_and_parse(inproc, template_model, family):
 
         # plain text with tools offered: content, no tool_calls, finish_reason "stop"
         scripted_output(st, "No tool needed: it is sunny.")
-        res = await post(client, "/v1/chat/completions", body)
+        res = await post_json(client, "/v1/chat/completions", body)
         msg = res["choices"][0]["message"]
         assert msg["content"] == "No tool needed: it is sunny." and "tool_calls" not in msg
         assert res["choices"][0]["finish_reason"] == "stop"
-        chunks = await stream(client, "/v1/chat/completions", body)
+        chunks = await post_stream(client, "/v1/chat/completions", body)
         assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == msg["content"]
         assert not any(c["choices"][0]["delta"].get("tool_calls") for c in chunks)
         assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
@@ -376,7 +360,7 @@ def test_tool_choice_grammars(inproc, chat_model_path):
             assert none["grammar"] == "" and sampling_extras(none, st.vocab) == {}
 
         # so a random model under "required" writes free text until max_tokens
-        res = await post(client, "/v1/chat/completions", {**chat, "tool_choice": "required", "max_tokens": 12,
+        res = await post_json(client, "/v1/chat/completions", {**chat, "tool_choice": "required", "max_tokens": 12,
                                                           "temperature": 0})
         choice = res["choices"][0]
         assert choice["finish_reason"] == "length" and "tool_calls" not in choice["message"], choice
@@ -540,9 +524,9 @@ def test_structured_output(inproc, chat_model_path):
                 body.update(messages=JSON_USER, max_tokens=MAX_TOKENS)
             else:
                 body.update(prompt="A JSON answer:", max_tokens=MAX_TOKENS, n_predict=MAX_TOKENS)
-            text, finish = _text_and_finish(path, await post(client, path, body))
+            text, finish = _text_and_finish(path, await post_json(client, path, body))
             value = _validated(name, text, finish, schema)
-            s_text, s_finish = _stream_text_and_finish(path, await stream(client, path, body))
+            s_text, s_finish = _stream_text_and_finish(path, await post_stream(client, path, body))
             assert _validated(name + " (streamed)", s_text, s_finish, schema) == value
             assert s_text == text, (name, s_text, text)
 
@@ -559,8 +543,8 @@ def test_bare_json_object(inproc, chat_model_path):
         for seed in range(1, 9):
             body = {"messages": JSON_USER, "max_tokens": MAX_TOKENS, "temperature": 0.8, "seed": seed,
                     "response_format": {"type": "json_object"}}
-            text, finish = _text_and_finish(path, await post(client, path, body))
-            s_text, s_finish = _stream_text_and_finish(path, await stream(client, path, body))
+            text, finish = _text_and_finish(path, await post_json(client, path, body))
+            s_text, s_finish = _stream_text_and_finish(path, await post_stream(client, path, body))
             assert (s_text, s_finish) == (text, finish)
             if finish == "stop":
                 assert isinstance(json.loads(text), dict), text
@@ -626,9 +610,9 @@ def test_reasoning(inproc, template_model, family):
         scripted_output(st, output)
         for fmt, want in (("deepseek", (answer, thought)), ("none", (raw_content, None))):
             body = {"messages": hi, "reasoning_format": fmt, "max_tokens": 50}
-            msg = (await post(client, "/v1/chat/completions", body))["choices"][0]["message"]
+            msg = (await post_json(client, "/v1/chat/completions", body))["choices"][0]["message"]
             assert (msg["content"].strip(), (msg.get("reasoning_content") or "").strip() or None) == want, (fmt, msg)
-            chunks = await stream(client, "/v1/chat/completions", body)
+            chunks = await post_stream(client, "/v1/chat/completions", body)
             deltas = [c["choices"][0]["delta"] for c in chunks]
             s_content = "".join(d.get("content") or "" for d in deltas)
             s_reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
@@ -638,8 +622,8 @@ def test_reasoning(inproc, template_model, family):
                 assert all(not d.get("reasoning_content") for d in deltas[first_content:])
 
         # enable_thinking false: the prompt closes the thinking block itself
-        on = (await post(client, "/apply-template", {"messages": hi}))["prompt"]
-        off = (await post(client, "/apply-template", {"messages": hi,
+        on = (await post_json(client, "/apply-template", {"messages": hi}))["prompt"]
+        off = (await post_json(client, "/apply-template", {"messages": hi,
                                                       "chat_template_kwargs": {"enable_thinking": False}}))["prompt"]
         assert off != on and off.startswith(on.rsplit("<think>", 1)[0])
         assert re.search(r"</think>\s*$", off), off[-80:]
@@ -653,10 +637,10 @@ def test_reasoning(inproc, template_model, family):
         # a real request with thinking disabled renders and runs; no reasoning comes back
         body = {"messages": hi, "chat_template_kwargs": {"enable_thinking": False}, "max_tokens": 8,
                 "temperature": 0}
-        res = ChatCompletion.model_validate(await post(client, "/v1/chat/completions", body))
+        res = ChatCompletion.model_validate(await post_json(client, "/v1/chat/completions", body))
         assert isinstance(res.choices[0].message.content, str)
         assert not getattr(res.choices[0].message, "reasoning_content", None)
-        chunks = await stream(client, "/v1/chat/completions", body)
+        chunks = await post_stream(client, "/v1/chat/completions", body)
         assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == res.choices[0].message.content
         # the server-wide default from the command line applies when the request has none
         st = client.server.app[STATE]
@@ -727,10 +711,10 @@ def test_bad_structured_and_tool_inputs(inproc, chat_model_path):
                 for w in words:
                     assert w.lower() in err["message"].lower(), (path, fields, w, err["message"])
         # still serving: a structured request and a tools request work
-        res = await post(client, "/v1/chat/completions", {"messages": JSON_USER, "json_schema": SCHEMA,
+        res = await post_json(client, "/v1/chat/completions", {"messages": JSON_USER, "json_schema": SCHEMA,
                                                           "max_tokens": MAX_TOKENS, "temperature": 0})
         _validated("after the errors", *_text_and_finish("/v1/chat/completions", res), SCHEMA)
-        res = await post(client, "/v1/chat/completions", {"messages": USER, "tools": TOOLS, "max_tokens": 4})
+        res = await post_json(client, "/v1/chat/completions", {"messages": USER, "tools": TOOLS, "max_tokens": 4})
         assert res["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
         r = await client.get("/slots")
         assert not any(s["is_processing"] for s in await r.json())
