@@ -31,5 +31,26 @@ with pyllama.Llama(path, n_ctx=256) as llm:
     assert r["usage"]["completion_tokens"] == 8, r
     print("generated:", repr(r["choices"][0]["text"]))
 import pyllama.server.app  # noqa: F401  (the server's modules import; aiohttp and pydantic come with [server])
+# the RPC backend is built by default: a worker from the installed package takes the layers
+import socket, subprocess, sys, time
+assert "RPC" in pyllama.list_backends(), pyllama.list_backends()
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+worker = subprocess.Popen([sys.executable, "-m", "pyllama.rpc_server", "-p", str(port), "-t", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    with pyllama.Llama(path, n_ctx=256, n_gpu_layers=-1, rpc_servers=f"127.0.0.1:{port}") as llm:
+        r2 = llm("Hello", max_tokens=8, temperature=0, ignore_eos=True)
+    assert r2["choices"][0]["text"] == r["choices"][0]["text"], (r2, r)
+    print("through an RPC worker: same text")
+finally:
+    worker.kill()
 PY
 echo "sdist smoke: ok"
