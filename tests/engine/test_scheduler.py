@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 import dataclasses
 import pytest
 
-from pyllama import ContextLimitError, DecodeError, KVCacheFullError
+from pyllama import ContextLimitError, DecodeError, KVCacheFullError, StateError
 from pyllama.engine import EngineCore, MemOp, Request, RequestKind, RequestOutput, TokenLogprob
 
 EOG = 2
@@ -71,7 +71,8 @@ class FakeSampler:
 class FakeRunner:
     def __init__(self, n_slots: int = 2, n_ctx_slot: int = 64, n_batch: int = 8, n_ubatch: Optional[int] = None,
                  scripts: Optional[Dict[str, Sequence[int]]] = None, kv_full_over: Optional[int] = None,
-                 fail_hook: Optional[Callable[[list, int], Optional[BaseException]]] = None):
+                 fail_hook: Optional[Callable[[list, int], Optional[BaseException]]] = None,
+                 kv_unified: bool = True):
         self.n_slots = n_slots
         self.n_ctx_slot = n_ctx_slot
         self.n_batch = n_batch
@@ -89,6 +90,10 @@ class FakeRunner:
         self.n_free_sampler = 0
         self.logprob_calls: List[tuple] = []
         self.embedding_calls: List[tuple] = []
+        self.n_saves = 0
+        self.n_loads = 0
+        self.fail_load = False
+        self.kv_unified = kv_unified
 
     # -- vocab --
     def piece(self, token: int) -> bytes:
@@ -122,6 +127,20 @@ class FakeRunner:
                 if lo <= e[0] < hi:
                     e[0] += op.delta
             kv.sort()
+        elif op.op == "save":
+            assert op.entry is not None and op.entry.data is None
+            assert list(op.entry.tokens) == self.kv_tokens(op.seq), "saved tokens != KV"
+            assert op.entry.tokens, "an empty sequence saved"
+            data = repr([list(e) for e in kv]).encode()
+            op.entry.data, op.entry.size = data, len(data)
+            self.n_saves += 1
+        elif op.op == "load":
+            assert op.entry is not None and op.entry.data is not None, "load of an entry without data"
+            data, op.entry.data = op.entry.data, None
+            if self.fail_load:
+                raise StateError("fake load failure")
+            kv[:] = eval(data.decode())      # noqa: S307 - our own repr
+            self.n_loads += 1
         else:
             raise AssertionError(f"unknown op {op.op}")
 
@@ -183,7 +202,8 @@ class FakeRunner:
 # ---------------------------------------------------------------------------- helpers
 
 def make(**kw):
-    core_kw = {k: kw.pop(k) for k in ("context_shift", "n_keep") if k in kw}
+    core_kw = {k: kw.pop(k) for k in ("context_shift", "n_keep", "cache_ram_mib", "cache_ram_tokens",
+                                      "cache_idle_slots", "slot_prompt_similarity") if k in kw}
     r = FakeRunner(**kw)
     return EngineCore(r, **core_kw), r
 
