@@ -93,6 +93,7 @@ class FakeRunner:
         self.n_saves = 0
         self.n_loads = 0
         self.fail_load = False
+        self.fail_save: Optional[BaseException] = None
         self.kv_unified = kv_unified
 
     # -- vocab --
@@ -131,6 +132,8 @@ class FakeRunner:
             assert op.entry is not None and op.entry.data is None
             assert list(op.entry.tokens) == self.kv_tokens(op.seq), "saved tokens != KV"
             assert op.entry.tokens, "an empty sequence saved"
+            if self.fail_save is not None:
+                raise self.fail_save
             data = repr([list(e) for e in kv]).encode()
             op.entry.data, op.entry.size = data, len(data)
             self.n_saves += 1
@@ -1158,3 +1161,53 @@ def test_prompt_cache_costs_nothing_in_steps_without_admission():
     while core.has_work():
         core.step()
     assert calls == []
+
+
+def test_prompt_cache_failed_save_skips_the_entry_and_out_of_memory_lowers_the_limit():
+    core, r = make(n_slots=1, cache_ram_mib=1)
+    pc = core.scheduler.prompt_cache
+    core.add(gen(PA, "a", max_tokens=2))
+    run(core)
+    core.add(gen(PB, "b", max_tokens=2))            # A saved
+    run(core)
+    assert len(pc.entries) == 1
+    r.fail_save = StateError("no")
+    core.add(gen(P1, "c", max_tokens=2))            # B's save fails: skipped, the request runs
+    rc = run(core)["c"]
+    assert rc.final.finish_reason == "length" and len(pc.entries) == 1 and pc.limit_size == 1024 * 1024
+    r.fail_save = MemoryError()
+    used = pc.size()
+    core.add(gen(P2, "d", max_tokens=2))            # out of memory: the limit drops to 40% of the use
+    rd = run(core)["d"]
+    assert rd.final.finish_reason == "length"
+    assert pc.limit_size == int(0.4 * used) and pc.entries == []     # and the cache shrinks to it
+
+
+def test_prompt_cache_with_a_pinned_slot():
+    core, r = make(n_slots=2, cache_ram_mib=-1)
+    core.add(gen(PA, "a", max_tokens=2, id_slot=0))
+    run(core)
+    n = len(r.ops)
+    core.add(gen(PA + (1,), "b", max_tokens=2, id_slot=0))   # keeps most of the slot: no cache update
+    run(core)
+    assert cache_ops(r, n) == []
+    n = len(r.ops)
+    core.add(gen(PB, "c", max_tokens=2, id_slot=0))          # the slot would lose it all: saved first
+    run(core)
+    assert [o for o, *_ in cache_ops(r, n)] == ["save"]
+    n = len(r.ops)
+    core.add(gen(PA + (3,), "d", max_tokens=2, id_slot=0))   # and loaded back
+    rd = run(core)["d"]
+    assert [o for o, *_ in cache_ops(r, n)] == ["save", "load"]
+    assert rd.final.usage["prompt_tokens_details"]["cached_tokens"] == len(PA)     # b's prompt was PA + (1,)
+    assert rd.tokens == reference(PA + (3,), 2)
+    # an empty pinned slot is not filled from the cache (llama-server: no similarity to compute)
+    assert len(core.scheduler.prompt_cache) == 1
+    n = len(r.ops)
+    core.add(gen(PB, "e", max_tokens=2, id_slot=1))
+    re_ = run(core)["e"]
+    # no load into the empty pinned slot; only the idle slot 0 goes to the cache (--cache-idle-slots)
+    assert cache_ops(r, n) == [("save", 0, len(PA) + 2)]
+    assert re_.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    core.reset_cache()                                       # forgets the RAM cache too
+    assert len(core.scheduler.prompt_cache) == 0

@@ -196,6 +196,15 @@ class EngineCore:
                     continue
                 try:
                     self.runner.apply(op)
+                except MemoryError:
+                    if op.op != "save":
+                        raise
+                    # as llama-server on bad_alloc: skip the entry and lower the limit to 40% of the use
+                    op.entry.data = None        # type: ignore[union-attr]
+                    pc = self.scheduler.prompt_cache
+                    if pc is not None:
+                        pc.limit_size = max(1, int(0.4 * pc.size()))
+                    continue
                 except PyllamaError as e:
                     if op.op == "save":
                         op.entry.data = None    # type: ignore[union-attr]
