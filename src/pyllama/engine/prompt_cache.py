@@ -8,6 +8,11 @@ the bytes: ``commit`` (called by the core after applying the step's memory ops) 
 not get data, skips an entry over the size limit, removes entries the new ones contain, and
 enforces the limits (``update``), evicting the oldest first. Mirrors server_prompt_cache in
 llama.cpp's tools/server/server-task.cpp.
+
+One difference in order: llama-server makes room for a new entry (evicting the oldest) before it
+picks the entry to load, because it knows the new entry's size then; here the size is known only
+after the runner wrote it, so the load is picked first and room is made at ``commit``. At the size
+limit, an old entry llama-server would just have evicted can still be loaded here.
 """
 from __future__ import annotations
 

@@ -5,6 +5,10 @@ recently used), and builds one batch: one decode token for every generating slot
 chunks of slots still reading their prompt, within ``n_batch`` tokens (chunked prefill). The
 runner executes the batch; ``on_decoded`` advances the slots. KV-full is handled by halving the
 batch and, when a single token cannot fit, failing only that request.
+
+With a host-RAM prompt cache (``cache_ram_mib``, llama-server's --cache-ram), admission also
+decides what goes to it and what comes back (``save``/``load`` memory ops, see prompt_cache.py);
+this happens only when a request is admitted, never in a step that admits nothing.
 """
 from __future__ import annotations
 
