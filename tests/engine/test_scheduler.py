@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 import dataclasses
 import pytest
 
-from pyllama import ContextLimitError, DecodeError, KVCacheFullError
+from pyllama import ContextLimitError, DecodeError, KVCacheFullError, StateError
 from pyllama.engine import EngineCore, MemOp, Request, RequestKind, RequestOutput, TokenLogprob
 
 EOG = 2
@@ -71,7 +71,8 @@ class FakeSampler:
 class FakeRunner:
     def __init__(self, n_slots: int = 2, n_ctx_slot: int = 64, n_batch: int = 8, n_ubatch: Optional[int] = None,
                  scripts: Optional[Dict[str, Sequence[int]]] = None, kv_full_over: Optional[int] = None,
-                 fail_hook: Optional[Callable[[list, int], Optional[BaseException]]] = None):
+                 fail_hook: Optional[Callable[[list, int], Optional[BaseException]]] = None,
+                 kv_unified: bool = True):
         self.n_slots = n_slots
         self.n_ctx_slot = n_ctx_slot
         self.n_batch = n_batch
@@ -89,6 +90,11 @@ class FakeRunner:
         self.n_free_sampler = 0
         self.logprob_calls: List[tuple] = []
         self.embedding_calls: List[tuple] = []
+        self.n_saves = 0
+        self.n_loads = 0
+        self.fail_load = False
+        self.fail_save: Optional[BaseException] = None
+        self.kv_unified = kv_unified
 
     # -- vocab --
     def piece(self, token: int) -> bytes:
@@ -122,6 +128,22 @@ class FakeRunner:
                 if lo <= e[0] < hi:
                     e[0] += op.delta
             kv.sort()
+        elif op.op == "save":
+            assert op.entry is not None and op.entry.data is None
+            assert list(op.entry.tokens) == self.kv_tokens(op.seq), "saved tokens != KV"
+            assert op.entry.tokens, "an empty sequence saved"
+            if self.fail_save is not None:
+                raise self.fail_save
+            data = repr([list(e) for e in kv]).encode()
+            op.entry.data, op.entry.size = data, len(data)
+            self.n_saves += 1
+        elif op.op == "load":
+            assert op.entry is not None and op.entry.data is not None, "load of an entry without data"
+            data, op.entry.data = op.entry.data, None
+            if self.fail_load:
+                raise StateError("fake load failure")
+            kv[:] = eval(data.decode())      # noqa: S307 - our own repr
+            self.n_loads += 1
         else:
             raise AssertionError(f"unknown op {op.op}")
 
@@ -183,7 +205,8 @@ class FakeRunner:
 # ---------------------------------------------------------------------------- helpers
 
 def make(**kw):
-    core_kw = {k: kw.pop(k) for k in ("context_shift", "n_keep") if k in kw}
+    core_kw = {k: kw.pop(k) for k in ("context_shift", "n_keep", "cache_ram_mib", "cache_ram_tokens",
+                                      "cache_idle_slots", "slot_prompt_similarity") if k in kw}
     r = FakeRunner(**kw)
     return EngineCore(r, **core_kw), r
 
@@ -887,3 +910,304 @@ def test_a_fatal_decode_error_is_reported_until_a_decode_succeeds():
     core.add(gen(P2, "b", max_tokens=2))
     assert run(core)["b"].final.finish_reason == "length"
     assert core.fatal_error is None
+
+
+# ---------------------------------------------------------------------------- host-RAM prompt cache
+
+PA = tuple(range(100, 112))     # 12 tokens
+PB = tuple(range(300, 310))     # 10 tokens, nothing in common with PA
+
+
+def cache_ops(r: FakeRunner, since: int = 0):
+    return [(op.op, op.seq, len(op.entry.tokens) if op.entry is not None else None)
+            for op in r.ops[since:] if op.op in ("save", "load")]
+
+
+def test_prompt_cache_lru_replacement_saves_and_a_later_prompt_loads_it_back():
+    core, r = make(n_slots=1, n_ctx_slot=64, cache_ram_mib=-1)
+    pc = core.scheduler.prompt_cache
+    core.add(gen(PA, "a", max_tokens=3))
+    ra = run(core)["a"]
+    held_a = list(PA) + ra.tokens[:2]
+    core.add(gen(PB, "b", max_tokens=3))           # the LRU slot is taken over: A goes to RAM
+    rb = run(core)["b"]
+    assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert [list(e.tokens) for e in pc.entries] == [held_a]
+    assert pc.entries[0].size > 0 and pc.entries[0].data is not None
+    n = len(r.ops)
+    core.add(gen(PA + (7, 8), "c", max_tokens=3))   # A's tokens come back from RAM
+    rc = run(core)["c"]
+    assert cache_ops(r, n) == [("save", 0, len(PB) + 2), ("load", 0, len(held_a))]
+    assert rc.final.usage["prompt_tokens_details"]["cached_tokens"] == len(PA)
+    assert rc.final.timings["cache_n"] == len(PA) and rc.final.timings["prompt_n"] == 2
+    assert rc.tokens == reference(PA + (7, 8), 3)
+    # the loaded entry left the cache; B's tokens are there now
+    assert [len(e.tokens) for e in pc.entries] == [len(PB) + 2]
+    assert (pc.n_saved, pc.n_loaded) == (2, 1)
+    check_no_leaks(core, r)
+
+
+def test_prompt_cache_load_picks_the_entry_that_keeps_and_covers_most():
+    core, r = make(n_slots=1, n_ctx_slot=64, cache_ram_mib=-1)
+    pc = core.scheduler.prompt_cache
+    long_a = PA + tuple(range(500, 530))            # 42 tokens: a 12-token match keeps < 1/4 of it
+    for rid, p in (("a", PA), ("b", PB), ("l", long_a[:1] + (9,) * 20), ("x", (5, 6, 7))):
+        core.add(gen(p, rid, max_tokens=1))
+        run(core)
+    assert [e.tokens[:1] for e in pc.entries] == [PA[:1], PB[:1], (PA[0],)]
+    n = len(r.ops)
+    core.add(gen(PA + (1, 2), "c", max_tokens=2))
+    rc = run(core)["c"]
+    loads = [op for op in r.ops[n:] if op.op == "load"]
+    assert len(loads) == 1 and loads[0].entry.tokens[:len(PA)] == PA
+    assert rc.final.usage["prompt_tokens_details"]["cached_tokens"] == len(PA)
+    assert rc.tokens == reference(PA + (1, 2), 2)
+    # a prompt that keeps less than 1/4 of every entry loads nothing
+    n = len(r.ops)
+    core.add(gen((PA[0],) + (77,) * 10, "d", max_tokens=1))
+    run(core)
+    assert not [op for op in r.ops[n:] if op.op == "load"]
+
+
+def test_prompt_cache_not_used_when_the_slot_already_serves_the_prompt():
+    core, r = make(n_slots=1, cache_ram_mib=-1)
+    core.add(gen(PA, "a", max_tokens=2))
+    run(core)
+    n = len(r.ops)
+    core.add(gen(PA + (1,), "b", max_tokens=2))     # similarity keeps the slot: no cache update
+    rb = run(core)["b"]
+    assert cache_ops(r, n) == []
+    assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == len(PA)
+
+
+def test_prompt_cache_skips_tokens_already_cached_and_drops_contained_entries():
+    core, r = make(n_slots=1, cache_ram_mib=-1)
+    pc = core.scheduler.prompt_cache
+    core.add(gen(PA[:6], "a", max_tokens=1))
+    run(core)
+    core.add(gen(PB, "b", max_tokens=1))            # saves PA[:6]
+    run(core)
+    core.add(gen(PA, "c", max_tokens=1))            # saves PB, loads PA[:6] (taken out), extends it
+    run(core)
+    assert [e.tokens[0] for e in pc.entries] == [PB[0]]
+    core.add(gen(PB, "d", max_tokens=1))            # saves PA (12 tokens), loads PB
+    run(core)
+    assert [e.tokens[:len(PA)] for e in pc.entries] == [PA]
+    n = len(r.ops)
+    core.add(gen(PA[:3] + (9, 9, 9), "e", max_tokens=1))   # PB+gen saved; load PA (keeps 3/12 >= 1/4)
+    run(core)
+    assert [op.op for op in r.ops[n:] if op.op in ("save", "load")] == ["save", "load"]
+    # PA's entry was taken by the load; PB's is there, and a prefix of it is not saved again
+    assert [e.tokens[0] for e in core.scheduler.prompt_cache.entries] == [PB[0]]
+    assert pc.alloc(PB[:4]) is None
+
+
+def test_prompt_cache_size_limit_evicts_the_oldest_and_skips_oversized_entries():
+    from pyllama.engine.prompt_cache import PromptCache, CacheEntry
+    pc = PromptCache(1, 0)          # 1 MiB
+    mib = 1024 * 1024
+
+    def put(tokens, size):
+        e = pc.alloc(tokens)
+        assert e is not None
+        e.data, e.size = b"x", size
+        pc.commit()
+        return e
+
+    a = put((1, 2), mib // 2)
+    b = put((3, 4), mib // 3)
+    assert pc.entries == [a, b]
+    c = put((5, 6), mib // 2)                 # over 1 MiB: the oldest (a) goes
+    assert pc.entries == [b, c]
+    put((7, 8), 2 * mib)                      # larger than the limit: skipped, nothing evicted
+    assert pc.entries == [b, c]
+    d = put((3, 4, 5), 100)                   # contains b: b is dropped
+    assert pc.entries == [c, d]
+    assert pc.alloc((3, 4)) is None           # already contained in d
+    e = pc.alloc((9,))
+    pc.commit()                               # the runner never wrote it: dropped
+    assert e not in pc.entries
+
+
+def test_prompt_cache_token_limit_scales_with_the_size_limit():
+    from pyllama.engine.prompt_cache import PromptCache
+    # no size limit (-1): the token limit (the context size) holds
+    pc = PromptCache(-1, 10)
+    for i in range(4):
+        e = pc.alloc(tuple(range(10 * i, 10 * i + 4)))
+        e.data, e.size = b"x", 1000
+        pc.commit()
+    assert pc.n_tokens() <= 10 and [e.tokens[0] for e in pc.entries] == [20, 30]
+    # with a size limit, the token limit grows to what the bytes allow at the current bytes/token
+    pc = PromptCache(1, 10)
+    for i in range(4):
+        e = pc.alloc(tuple(range(10 * i, 10 * i + 4)))
+        e.data, e.size = b"x", 1000
+        pc.commit()
+    assert len(pc.entries) == 4
+
+
+def test_prompt_cache_disabled_with_zero():
+    core, r = make(n_slots=1, cache_ram_mib=0)
+    assert core.scheduler.prompt_cache is None
+    for rid, p in (("a", PA), ("b", PB), ("c", PA)):
+        core.add(gen(p, rid, max_tokens=2))
+        res = run(core)[rid]
+    assert cache_ops(r) == [] and r.n_saves == r.n_loads == 0
+    assert res.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert core.metrics_dict()["prompt_cache"] is None
+
+
+def test_prompt_cache_idle_slots_are_saved_and_cleared_on_a_new_task():
+    core, r = make(n_slots=2, cache_ram_mib=-1, cache_idle_slots=True)
+    pc = core.scheduler.prompt_cache
+    core.add(gen(PA, "a", max_tokens=2))
+    ra = run(core)["a"]
+    assert ra.final.id_slot == 0
+    n = len(r.ops)
+    core.add(gen(PB, "b", max_tokens=2))            # slot 1 (LRU); idle slot 0 -> RAM, cleared
+    rb = run(core)["b"]
+    assert rb.final.id_slot == 1
+    assert cache_ops(r, n) == [("save", 0, len(PA) + 1)]
+    assert MemOp("rm", 0, -1, -1) in r.ops[n:]
+    assert core.scheduler.slots[0].cache == [] and r.kv[0] == []
+    n = len(r.ops)
+    core.add(gen(PA + (5,), "c", max_tokens=2))     # both slots: slot 0 is LRU and empty -> load
+    rc = run(core)["c"]
+    assert rc.final.id_slot == 0
+    assert ("load", 0, len(PA) + 1) in cache_ops(r, n)
+    assert ("save", 1, len(PB) + 1) in cache_ops(r, n)   # idle slot 1 saved after c started
+    assert rc.final.usage["prompt_tokens_details"]["cached_tokens"] == len(PA)
+    assert rc.tokens == reference(PA + (5,), 2)
+    assert [e.tokens[0] for e in pc.entries] == [PB[0]]
+    check_no_leaks(core, r)
+
+
+def test_prompt_cache_idle_slots_without_unified_kv_are_saved_not_cleared():
+    core, r = make(n_slots=2, cache_ram_mib=-1, cache_idle_slots=True, kv_unified=False)
+    core.add(gen(PA, "a", max_tokens=2))
+    run(core)
+    n = len(r.ops)
+    core.add(gen(PB, "b", max_tokens=2))
+    run(core)
+    assert cache_ops(r, n) == [("save", 0, len(PA) + 1)]
+    assert core.scheduler.slots[0].cache == list(r.kv_tokens(0)) and len(r.kv[0]) == len(PA) + 1
+    n = len(r.ops)
+    core.add(gen(PA + (5,), "c", max_tokens=2))     # slot 0 still holds A: similarity, no load
+    rc = run(core)["c"]
+    assert rc.final.id_slot == 0 and "load" not in [o for o, *_ in cache_ops(r, n)]
+    assert rc.final.usage["prompt_tokens_details"]["cached_tokens"] == len(PA)
+
+
+def test_prompt_cache_idle_slots_need_the_cache():
+    core, r = make(n_slots=2, cache_ram_mib=0, cache_idle_slots=True)
+    assert not core.scheduler.config.cache_idle_slots
+
+
+def test_prompt_cache_with_cache_prompt_false_consumes_the_entry_but_reuses_nothing():
+    core, r = make(n_slots=1, cache_ram_mib=-1)
+    pc = core.scheduler.prompt_cache
+    core.add(gen(PA, "a", max_tokens=2))
+    run(core)
+    core.add(gen(PB, "b", max_tokens=2))
+    run(core)
+    assert [e.tokens[0] for e in pc.entries] == [PA[0]]
+    n = len(r.ops)
+    core.add(gen(PA, "c", max_tokens=2, cache_prompt=False))
+    rc = run(core)["c"]
+    # as llama-server: B is saved, A's entry is taken (and thrown away), the prompt is evaluated whole
+    assert cache_ops(r, n) == [("save", 0, len(PB) + 1)]
+    assert [e.tokens[0] for e in pc.entries] == [PB[0]]
+    assert rc.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert rc.final.timings["prompt_n"] == len(PA)
+    assert rc.tokens == reference(PA, 2)
+
+
+def test_prompt_cache_embeddings_do_not_update_it():
+    core, r = make(n_slots=1, n_batch=16, cache_ram_mib=-1, cache_idle_slots=False)
+    core.add(gen(PA, "a", max_tokens=2))
+    run(core)
+    n = len(r.ops)
+    core.add(Request(prompt=PB, id="e", kind=RequestKind.EMBED, cache_prompt=False))
+    run(core)
+    assert cache_ops(r, n) == []
+
+
+def test_prompt_cache_failed_load_fails_only_that_request():
+    core, r = make(n_slots=1, cache_ram_mib=-1)
+    core.add(gen(PA, "a", max_tokens=2))
+    run(core)
+    core.add(gen(PB, "b", max_tokens=2))
+    run(core)
+    r.fail_load = True
+    core.add(gen(PA, "c", max_tokens=2))
+    rc = run(core)["c"]
+    assert rc.final.finish_reason == "error" and isinstance(rc.final.error, StateError)
+    assert core.scheduler.slots[0].cache == [] and r.kv[0] == []
+    r.fail_load = False
+    core.add(gen(PA, "d", max_tokens=2))
+    rd = run(core)["d"]
+    assert rd.final.finish_reason == "length" and rd.tokens == reference(PA, 2)
+    check_no_leaks(core, r)
+
+
+def test_prompt_cache_costs_nothing_in_steps_without_admission():
+    core, r = make(n_slots=1, cache_ram_mib=-1)
+    core.add(gen(PA, "a", max_tokens=6))
+    core.step()
+    pc = core.scheduler.prompt_cache
+    calls = []
+    pc.commit = lambda: calls.append(1)             # type: ignore[method-assign]
+    while core.has_work():
+        core.step()
+    assert calls == []
+
+
+def test_prompt_cache_failed_save_skips_the_entry_and_out_of_memory_lowers_the_limit():
+    core, r = make(n_slots=1, cache_ram_mib=1)
+    pc = core.scheduler.prompt_cache
+    core.add(gen(PA, "a", max_tokens=2))
+    run(core)
+    core.add(gen(PB, "b", max_tokens=2))            # A saved
+    run(core)
+    assert len(pc.entries) == 1
+    r.fail_save = StateError("no")
+    core.add(gen(P1, "c", max_tokens=2))            # B's save fails: skipped, the request runs
+    rc = run(core)["c"]
+    assert rc.final.finish_reason == "length" and len(pc.entries) == 1 and pc.limit_size == 1024 * 1024
+    r.fail_save = MemoryError()
+    used = pc.size()
+    core.add(gen(P2, "d", max_tokens=2))            # out of memory: the limit drops to 40% of the use
+    rd = run(core)["d"]
+    assert rd.final.finish_reason == "length"
+    assert pc.limit_size == int(0.4 * used) and pc.entries == []     # and the cache shrinks to it
+
+
+def test_prompt_cache_with_a_pinned_slot():
+    core, r = make(n_slots=2, cache_ram_mib=-1)
+    core.add(gen(PA, "a", max_tokens=2, id_slot=0))
+    run(core)
+    n = len(r.ops)
+    core.add(gen(PA + (1,), "b", max_tokens=2, id_slot=0))   # keeps most of the slot: no cache update
+    run(core)
+    assert cache_ops(r, n) == []
+    n = len(r.ops)
+    core.add(gen(PB, "c", max_tokens=2, id_slot=0))          # the slot would lose it all: saved first
+    run(core)
+    assert [o for o, *_ in cache_ops(r, n)] == ["save"]
+    n = len(r.ops)
+    core.add(gen(PA + (3,), "d", max_tokens=2, id_slot=0))   # and loaded back
+    rd = run(core)["d"]
+    assert [o for o, *_ in cache_ops(r, n)] == ["save", "load"]
+    assert rd.final.usage["prompt_tokens_details"]["cached_tokens"] == len(PA)     # b's prompt was PA + (1,)
+    assert rd.tokens == reference(PA + (3,), 2)
+    # an empty pinned slot is not filled from the cache (llama-server: no similarity to compute)
+    assert len(core.scheduler.prompt_cache) == 1
+    n = len(r.ops)
+    core.add(gen(PB, "e", max_tokens=2, id_slot=1))
+    re_ = run(core)["e"]
+    # no load into the empty pinned slot; only the idle slot 0 goes to the cache (--cache-idle-slots)
+    assert cache_ops(r, n) == [("save", 0, len(PA) + 2)]
+    assert re_.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    core.reset_cache()                                       # forgets the RAM cache too
+    assert len(core.scheduler.prompt_cache) == 0

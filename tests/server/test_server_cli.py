@@ -139,3 +139,19 @@ def test_reasoning_off_closes_the_thinking_block(inproc, thinking_model_path):
     off = inproc(["-m", model, "-rea", "off"], scenario)
     assert on.rstrip().endswith("<think>")
     assert "</think>" in off[off.rindex("<think>"):]
+
+
+def test_cache_ram_flags_and_env():
+    cfg = parse_args(["-m", "x.gguf"], environ={})
+    assert cfg.cache_ram == 8192 and cfg.cache_idle_slots is True          # llama-server's defaults
+    assert parse_args(["-m", "x.gguf", "-cram", "0"], environ={}).cache_ram == 0
+    assert parse_args(["-m", "x.gguf", "--cache-ram", "-1"], environ={}).cache_ram == -1
+    assert parse_args(["-m", "x.gguf", "--cache-ram=512"], environ={}).cache_ram == 512
+    assert parse_args(["-m", "x.gguf", "--no-cache-idle-slots"], environ={}).cache_idle_slots is False
+    env = {"LLAMA_ARG_CACHE_RAM": "256", "LLAMA_ARG_CACHE_IDLE_SLOTS": "0"}
+    cfg = parse_args(["-m", "x.gguf"], environ=env)
+    assert cfg.cache_ram == 256 and cfg.cache_idle_slots is False
+    cfg = parse_args(["-m", "x.gguf", "-cram", "100", "--cache-idle-slots"], environ=env)
+    assert cfg.cache_ram == 100 and cfg.cache_idle_slots is True           # flags win
+    r = run_cli("--help")
+    assert "--cache-ram" in r.stdout and "--no-cache-idle-slots" in r.stdout

@@ -104,3 +104,40 @@ def test_slot_action_on_a_busy_slot(inproc, tiny_model_path, tmp_path, busy_acti
     status = inproc(["-m", str(tiny_model_path), "-np", "1", "-c", "512", "--slot-save-path", str(tmp_path)],
                     scenario)
     assert status == 400                            # the slot is busy: refused, not corrupted
+
+
+@pytest.mark.parametrize("cache_ram", ["64", "0"])
+def test_ram_prompt_cache_brings_back_an_evicted_prompt(inproc, tiny_model_path, cache_ram):
+    """-np 1: B's prompt takes the only slot, A's tokens go to the RAM cache; A again reuses them
+    (with --cache-ram 0 it is evaluated again), and the text is the same either way."""
+    a_prompt = "A long prompt that the RAM cache should keep for later: " + "alpha beta gamma delta " * 10
+    b_prompt = "Something else entirely, with nothing in common. " * 3
+
+    async def scenario(client):
+        async def complete(prompt, **kw):
+            r = await client.post("/completion", json={"prompt": prompt, "n_predict": 12, "temperature": 0,
+                                                      "ignore_eos": True, **kw})
+            d = await r.json()
+            assert r.status == 200, d
+            return d
+
+        a = await complete(a_prompt)
+        n_a = a["tokens_evaluated"]
+        b = await complete(b_prompt)
+        assert b["tokens_cached"] <= 1                                    # at most the BOS token
+        c = await complete(a_prompt)
+        fresh = await complete(a_prompt + " ", cache_prompt=False)        # evaluated whole
+        assert fresh["tokens_cached"] == 0
+        oa = await client.post("/v1/completions", json={"prompt": b_prompt, "max_tokens": 4, "temperature": 0})
+        oa = await oa.json()
+        if cache_ram == "0":
+            assert c["tokens_cached"] <= 1 and c["timings"]["prompt_n"] >= n_a - 1
+            assert oa["usage"]["prompt_tokens_details"]["cached_tokens"] <= 1
+        else:
+            assert c["tokens_cached"] == n_a - 1 and c["timings"]["cache_n"] == n_a - 1
+            assert c["timings"]["prompt_n"] == 1
+            # B's tokens went to RAM when A came back; the OpenAI endpoint reports them too
+            assert oa["usage"]["prompt_tokens_details"]["cached_tokens"] == b["tokens_evaluated"] - 1
+        assert c["content"] == a["content"]
+
+    inproc(["-m", str(tiny_model_path), "-np", "1", "-c", "1024", "--cache-ram", cache_ram], scenario)

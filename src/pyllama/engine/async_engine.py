@@ -38,11 +38,17 @@ class AsyncEngine:
 
     ``kv_unified`` (the default, as llama-server's when the slot count is automatic) lets every slot
     use the whole context; otherwise each slot gets ``n_ctx / n_parallel``.
+
+    ``cache_ram_mib`` enables llama-server's host-RAM prompt cache (--cache-ram; 0 off, -1 no size
+    limit): a slot's tokens and KV state are kept in memory when the slot is taken over, and
+    loaded back for a later prompt they serve. ``cache_idle_slots`` (with it) saves idle slots
+    there whenever a request starts, clearing them when the KV is unified.
     """
 
     def __init__(self, model: "_core.Model", context_params: Optional[ContextParams] = None, *,
                  n_parallel: int = 4, kv_unified: bool = True, context_shift: bool = False, n_keep: int = 0,
-                 slot_prompt_similarity: float = 0.1, cont_batching: bool = True):
+                 slot_prompt_similarity: float = 0.1, cont_batching: bool = True,
+                 cache_ram_mib: int = 0, cache_idle_slots: bool = True):
         if n_parallel < 1:
             raise ValueError("n_parallel must be >= 1")
         cp = context_params or ContextParams()
@@ -51,7 +57,8 @@ class AsyncEngine:
         self.model = model
         self.n_parallel = n_parallel
         self._core_kw = dict(context_shift=context_shift, n_keep=n_keep, slot_prompt_similarity=slot_prompt_similarity,
-                             cont_batching=cont_batching)
+                             cont_batching=cont_batching, cache_ram_mib=cache_ram_mib,
+                             cache_idle_slots=cache_idle_slots)
         self._ctx: Optional[_core.Context] = None
         self._core: Optional[EngineCore] = None
         self._thread: Optional[threading.Thread] = None

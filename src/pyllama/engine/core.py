@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence
 
 from ..errors import DecodeError, KVCacheFullError, PyllamaError
 from .request import Request, RequestKind, RequestOutput, RequestState, RequestStatus, TokenLogprob
-from .scheduler import BatchItem, MemOp, Scheduler, SchedulerConfig
+from .scheduler import BatchItem, MemOp, Scheduler, SchedulerConfig, SchedulerOutput
 
 
 class Runner(Protocol):
@@ -51,13 +51,21 @@ class EngineMetrics:
 
 class EngineCore:
     def __init__(self, runner: Runner, *, context_shift: bool = False, n_keep: int = 0,
-                 slot_prompt_similarity: float = 0.1, cont_batching: bool = True):
+                 slot_prompt_similarity: float = 0.1, cont_batching: bool = True,
+                 cache_ram_mib: int = 0, cache_ram_tokens: Optional[int] = None, cache_idle_slots: bool = True):
+        """``cache_ram_mib``: the host-RAM prompt cache (llama-server's --cache-ram; 0 off, -1 no
+        size limit); its token limit ``cache_ram_tokens`` defaults to the context size.
+        ``cache_idle_slots`` (needs the cache) saves idle slots to it whenever a request starts."""
         self.runner = runner
+        kv_unified = getattr(runner, "kv_unified", True)
+        if cache_ram_tokens is None:
+            cache_ram_tokens = runner.n_ctx_slot if kv_unified else runner.n_ctx_slot * runner.n_slots
         self.scheduler = Scheduler(SchedulerConfig(
             n_slots=runner.n_slots, n_ctx_slot=runner.n_ctx_slot, n_batch=runner.n_batch,
             n_ubatch=runner.n_ubatch, context_shift=context_shift, n_keep=n_keep,
-            slot_prompt_similarity=slot_prompt_similarity, kv_unified=getattr(runner, "kv_unified", True),
-            cont_batching=cont_batching))
+            slot_prompt_similarity=slot_prompt_similarity, kv_unified=kv_unified,
+            cont_batching=cont_batching, cache_ram_mib=cache_ram_mib, cache_ram_tokens=cache_ram_tokens,
+            cache_idle_slots=cache_idle_slots and cache_ram_mib != 0))
         self.metrics = EngineMetrics()
         self._samplers: Dict[str, Any] = {}
         # set when llama.cpp aborted inside a decode (e.g. a lost RPC worker); cleared by the next good one
@@ -108,8 +116,8 @@ class EngineCore:
         emitted: List[RequestOutput] = []
         for st in out.finished:
             emitted.append(self._final(st))
-        for op in out.mem_ops:
-            self.runner.apply(op)
+        if out.mem_ops:
+            emitted += self._apply_mem_ops(out)
         if not out.items:
             self.metrics.t_step_python_total += time.perf_counter() - t0
             return emitted
@@ -175,6 +183,45 @@ class EngineCore:
         m.t_step_python_total += (t1 - t0) + (time.perf_counter() - t2)
         return emitted
 
+    def _apply_mem_ops(self, out: SchedulerOutput) -> List[RequestOutput]:
+        """Run the step's memory ops in order. Prompt-cache saves that fail are dropped; a failed
+        load fails its request (its slot is cleared). Then the cache enforces its limits."""
+        emitted: List[RequestOutput] = []
+        cache_ops = False
+        failed = set()
+        for op in out.mem_ops:
+            if op.op == "save" or op.op == "load":
+                cache_ops = True
+                if op.seq in failed:
+                    continue
+                try:
+                    self.runner.apply(op)
+                except MemoryError:
+                    if op.op != "save":
+                        raise
+                    # as llama-server on bad_alloc: skip the entry and lower the limit to 40% of the use
+                    op.entry.data = None        # type: ignore[union-attr]
+                    pc = self.scheduler.prompt_cache
+                    if pc is not None:
+                        pc.limit_size = max(1, int(0.4 * pc.size()))
+                    continue
+                except PyllamaError as e:
+                    if op.op == "save":
+                        op.entry.data = None    # type: ignore[union-attr]
+                        continue
+                    failed.add(op.seq)
+                    st = self.scheduler.slots[op.seq].state
+                    if st is not None:
+                        self.scheduler.fail(st, e)
+                        emitted.append(self._evict(st))
+            elif op.seq not in failed:
+                self.runner.apply(op)
+        if failed:
+            out.items = [it for it in out.items if it.slot.id not in failed]
+        if cache_ops and self.scheduler.prompt_cache is not None:
+            self.scheduler.prompt_cache.commit()
+        return emitted
+
     def _evict(self, st: RequestState) -> RequestOutput:
         """A failed request leaves: its slot's KV is dropped (it may be inconsistent), its final output."""
         slot = self.scheduler.slots[st.slot]
@@ -214,7 +261,9 @@ class EngineCore:
         return outs
 
     def reset_cache(self) -> None:
-        """Forget the cached tokens of every idle slot (and their KV)."""
+        """Forget the cached tokens of every idle slot (and their KV), and the host-RAM prompt cache."""
+        if self.scheduler.prompt_cache is not None:
+            self.scheduler.prompt_cache.clear()
         for slot in self.scheduler.slots:
             if slot.free:
                 self.runner.apply(MemOp("rm", slot.id, -1, -1))
@@ -230,5 +279,7 @@ class EngineCore:
         d["requests_processing"] = self.scheduler.n_running
         d["requests_deferred"] = self.scheduler.n_waiting
         d["n_busy_slots_per_decode"] = m.n_busy_slots_total / m.n_decode_total if m.n_decode_total else 0.0
+        pc = self.scheduler.prompt_cache
+        d["prompt_cache"] = pc.info() if pc is not None else None
         d["python_ms_per_step"] = 1e3 * m.t_step_python_total / m.n_decode_total if m.n_decode_total else 0.0
         return d

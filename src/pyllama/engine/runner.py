@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from .. import _core
+from ..errors import StateError
 from ..params import SamplingParams
 from .request import Request, RequestKind, TokenLogprob
 from .scheduler import BatchItem, MemOp
@@ -68,6 +69,17 @@ class LlamaRunner:
                 self.ctx.seq_rm(op.seq, -1, -1)    # partial removal unsupported (recurrent): drop all
         elif op.op == "shift":
             self.ctx.seq_add(op.seq, op.p0, op.p1, op.delta)
+        elif op.op == "save":       # the prompt cache keeps the sequence's state in host memory
+            data = self.ctx.seq_state_get(op.seq)
+            op.entry.data, op.entry.size = data, len(data)
+        elif op.op == "load":       # the sequence becomes the cached entry's (the entry leaves the cache)
+            data, op.entry.data = op.entry.data, None
+            if not data:
+                raise StateError(f"prompt cache entry for sequence {op.seq} has no data")
+            self.ctx.seq_rm(op.seq, -1, -1)
+            if self.ctx.seq_state_set(data, op.seq) != len(data):
+                self.ctx.seq_rm(op.seq, -1, -1)
+                raise StateError(f"failed to restore a prompt cache entry into sequence {op.seq}")
         else:  # pragma: no cover - programming error
             raise ValueError(f"unknown memory op {op.op!r}")
 

@@ -5,15 +5,20 @@ recently used), and builds one batch: one decode token for every generating slot
 chunks of slots still reading their prompt, within ``n_batch`` tokens (chunked prefill). The
 runner executes the batch; ``on_decoded`` advances the slots. KV-full is handled by halving the
 batch and, when a single token cannot fit, failing only that request.
+
+With a host-RAM prompt cache (``cache_ram_mib``, llama-server's --cache-ram), admission also
+decides what goes to it and what comes back (``save``/``load`` memory ops, see prompt_cache.py);
+this happens only when a request is admitted, never in a step that admits nothing.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional
+from typing import Deque, Dict, List, Optional, Tuple
 
 from ..errors import ContextLimitError, KVCacheFullError
+from .prompt_cache import CacheEntry, PromptCache
 from .request import Request, RequestKind, RequestState, RequestStatus
 from .slot import Slot, common_prefix
 
@@ -30,11 +35,13 @@ class BatchItem:
 
 @dataclass
 class MemOp:
-    op: str                         # "rm" (p0, p1) or "shift" (p0, p1, delta)
+    op: str                         # "rm" (p0, p1), "shift" (p0, p1, delta), "save"/"load" (entry)
     seq: int
-    p0: int
-    p1: int
+    p0: int = -1
+    p1: int = -1
     delta: int = 0
+    entry: Optional[CacheEntry] = None  # save: the runner writes the sequence state into entry.data;
+                                        # load: the runner replaces the sequence with entry.data
 
 
 @dataclass
@@ -59,6 +66,9 @@ class SchedulerConfig:
     slot_prompt_similarity: float = 0.1
     kv_unified: bool = True         # False: each slot has its own KV stream
     cont_batching: bool = True      # False: new requests start only when every slot is idle
+    cache_ram_mib: int = 0          # host-RAM prompt cache (llama-server's --cache-ram): 0 off, -1 no limit
+    cache_ram_tokens: int = 0       # its token limit (llama-server: the context size), 0 = none
+    cache_idle_slots: bool = False  # on every admission, save idle slots to it (and clear them if kv_unified)
 
 
 class Scheduler:
@@ -69,6 +79,8 @@ class Scheduler:
         self.by_id: Dict[str, RequestState] = {}
         self._clock = 0
         self._budget_cap = config.n_batch
+        self.prompt_cache: Optional[PromptCache] = (
+            PromptCache(config.cache_ram_mib, config.cache_ram_tokens) if config.cache_ram_mib != 0 else None)
 
     # ---- intake ----
     def validate(self, req: Request) -> None:
@@ -198,16 +210,19 @@ class Scheduler:
             return
         if not self.config.cont_batching and any(s.state is not None for s in self.slots):
             return      # static batching: wait until the running batch is done
+        pc = self.prompt_cache
         still: Deque[RequestState] = deque()
         while self.waiting:
             st = self.waiting.popleft()
-            slot = self._pick_slot(st)
+            slot, update_cache = self._pick_slot(st)
             if slot is None:
                 still.append(st)
                 continue
             slot.state = st
             st.slot = slot.id
             req = st.request
+            if pc is not None and update_cache and req.kind is RequestKind.GENERATE:
+                self._cache_update(pc, slot, req, out)
             keep = 0
             if req.cache_prompt and req.kind is RequestKind.GENERATE:
                 keep = min(common_prefix(slot.cache, req.prompt), len(req.prompt) - 1)
@@ -217,23 +232,62 @@ class Scheduler:
             st.n_cached = keep
             st.status = RequestStatus.PREFILL
             st.t_start = time.perf_counter()
+            if pc is not None and self.config.cache_idle_slots:
+                self._save_idle_slots(pc, out)
         self.waiting = still
 
-    def _pick_slot(self, st: RequestState) -> Optional[Slot]:
+    def _cache_update(self, pc: PromptCache, slot: Slot, req: Request, out: SchedulerOutput) -> None:
+        """llama-server's get_available_slot cache update: save what the slot holds, then load the
+        entry that serves the new prompt better than the slot does (it leaves the cache)."""
+        e = pc.alloc(slot.cache)
+        if e is not None:
+            out.mem_ops.append(MemOp("save", slot.id, entry=e))
+        best = pc.find(slot.cache, req.prompt)
+        if best is None:
+            return
+        pc.take(best)
+        if req.cache_prompt:
+            out.mem_ops.append(MemOp("load", slot.id, entry=best))
+            slot.cache = list(best.tokens)
+        # cache_prompt false: llama-server loads the entry and then re-evaluates the whole prompt
+        # over it; the entry is gone from the cache either way, so the load itself is skipped
+
+    def _save_idle_slots(self, pc: PromptCache, out: SchedulerOutput) -> None:
+        """--cache-idle-slots: after a slot starts a task, every idle slot goes to the prompt cache
+        and, with a unified KV cache (where its cells are reusable by others), is cleared."""
+        for s in self.slots:
+            if s.state is not None or not s.cache:
+                continue
+            e = pc.alloc(s.cache)
+            if e is not None:
+                out.mem_ops.append(MemOp("save", s.id, entry=e))
+            if self.config.kv_unified:
+                out.mem_ops.append(MemOp("rm", s.id, -1, -1))
+                s.cache = []
+
+    def _pick_slot(self, st: RequestState) -> Tuple[Optional[Slot], bool]:
+        """The slot for a request and whether the prompt cache is to be updated (llama-server: a
+        slot taken by LRU, or one that would lose more than half of its tokens)."""
         req = st.request
+        thr = self.config.slot_prompt_similarity
         if req.id_slot >= 0:
             s = self.slots[req.id_slot]
-            return s if s.free else None
+            if not s.free:
+                return None, False
+            if not s.cache or thr == 0:
+                return s, False
+            lcp = common_prefix(s.cache, req.prompt)
+            return s, not (lcp > thr * len(req.prompt) and lcp / len(s.cache) >= 0.5)
         free = [s for s in self.slots if s.free]
         if not free:
-            return None
+            return None, False
         if req.cache_prompt and req.kind is RequestKind.GENERATE:
             lcp, _, neg_id = max((common_prefix(s.cache, req.prompt), -s.last_used, -s.id) for s in free)
             best = self.slots[-neg_id]
             # reuse a cache only when it covers enough of the prompt (llama-server's --slot-prompt-similarity)
-            if lcp > self.config.slot_prompt_similarity * len(req.prompt):
-                return best
-        return min(free, key=lambda s: s.last_used)
+            if lcp > thr * len(req.prompt):
+                return best, lcp / len(best.cache) < 0.5
+        return min(free, key=lambda s: s.last_used), True
 
     def _shift(self, slot: Slot, out: SchedulerOutput) -> bool:
         """Context shift: drop half of what follows n_keep. False when disabled or impossible."""

@@ -139,10 +139,16 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
     try:
         if engine is None:
             await loop.run_in_executor(None, load_blocking, st)
+            if cfg.cache_ram != 0:
+                logger.info("prompt cache is enabled, size limit: %s",
+                            "no limit" if cfg.cache_ram < 0 else f"{cfg.cache_ram} MiB")
+            elif cfg.cache_idle_slots:
+                logger.warning("--cache-idle-slots requires --cache-ram, disabling")
             engine = AsyncEngine(st.model, _context_params(cfg), n_parallel=cfg.n_slots, kv_unified=cfg.unified,
                                  context_shift=cfg.context_shift, n_keep=cfg.keep,
                                  slot_prompt_similarity=cfg.slot_prompt_similarity,
-                                 cont_batching=cfg.cont_batching)
+                                 cont_batching=cfg.cont_batching, cache_ram_mib=cfg.cache_ram,
+                                 cache_idle_slots=cfg.cache_idle_slots)
             await loop.run_in_executor(None, engine.start, loop)
         else:
             st.model = engine.model

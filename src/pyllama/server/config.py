@@ -40,6 +40,8 @@ class ServerConfig:
     cache_reuse: int = 0
     slot_save_path: Optional[str] = None
     slot_prompt_similarity: float = 0.1
+    cache_ram: int = 8192               # host-RAM prompt cache, MiB: -1 no limit, 0 disabled
+    cache_idle_slots: bool = True       # save idle slots to it on a new task (needs cache_ram)
     slots: bool = True
     metrics: bool = False
     props: bool = False
@@ -118,7 +120,7 @@ UNSUPPORTED = [
     "-mu", "--model-url", "-dr", "--docker-repo", "-hf", "-hfr", "--hf-repo", "-hff", "--hf-file",
     "-hft", "--hf-token", "-mm", "--mmproj", "-mmu", "--mmproj-url", "--mmproj-auto", "--no-mmproj",
     "-md", "--model-draft", "--spec-draft-model", "--draft", "--draft-max", "--draft-min", "--spec-type",
-    "-cram", "--cache-ram", "-ctxcp", "--ctx-checkpoints", "--swa-checkpoints", "--models-dir",
+    "-ctxcp", "--ctx-checkpoints", "--swa-checkpoints", "--models-dir",
     "--models-preset", "--models-max", "--tools", "--mcp-servers-config", "--mcp-servers-json", "-ag",
     "--agent", "--control-vector", "--control-vector-scaled", "--override-tensor", "-ot", "-cmoe",
     "--cpu-moe", "-ncmoe", "--n-cpu-moe", "--numa", "-dev", "--device", "--list-devices", "--grammar-file",
@@ -169,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--keep", type=int, default=0)
     c.add_argument("--context-shift", dest="context_shift", action="store_true", default=False)
     c.add_argument("--no-context-shift", dest="context_shift", action="store_false")
+    c.add_argument("-cram", "--cache-ram", dest="cache_ram", type=int, default=8192,
+                   help="maximum host-RAM prompt cache size in MiB (default: 8192, -1 - no limit, 0 - disable)")
+    c.add_argument("--cache-idle-slots", dest="cache_idle_slots", action="store_true", default=True,
+                   help="save idle slots to the prompt cache on new task, and clear them when using unified KV "
+                        "(default: enabled, requires cache-ram)")
+    c.add_argument("--no-cache-idle-slots", dest="cache_idle_slots", action="store_false")
     c.add_argument("--cache-prompt", dest="cache_prompt", action="store_true", default=True)
     c.add_argument("--no-cache-prompt", dest="cache_prompt", action="store_false")
     c.add_argument("--cache-reuse", type=int, default=0)
@@ -248,6 +256,7 @@ ENV = {
     "main_gpu": "LLAMA_ARG_MAIN_GPU", "flash_attn": "LLAMA_ARG_FLASH_ATTN",
     "cache_type_k": "LLAMA_ARG_CACHE_TYPE_K", "cache_type_v": "LLAMA_ARG_CACHE_TYPE_V",
     "n_predict": "LLAMA_ARG_N_PREDICT", "context_shift": "LLAMA_ARG_CONTEXT_SHIFT",
+    "cache_ram": "LLAMA_ARG_CACHE_RAM", "cache_idle_slots": "LLAMA_ARG_CACHE_IDLE_SLOTS",
     "cache_prompt": "LLAMA_ARG_CACHE_PROMPT", "cache_reuse": "LLAMA_ARG_CACHE_REUSE",
     "metrics": "LLAMA_ARG_ENDPOINT_METRICS", "props": "LLAMA_ARG_ENDPOINT_PROPS",
     "slots": "LLAMA_ARG_ENDPOINT_SLOTS", "api_key": "LLAMA_API_KEY", "api_key_file": "LLAMA_ARG_API_KEY_FILE",
@@ -321,6 +330,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str,
               "batch_size", "ubatch_size", "threads", "threads_batch", "split_mode", "main_gpu", "flash_attn",
               "cache_type_k", "cache_type_v", "n_predict", "keep", "context_shift", "cache_prompt", "cache_reuse",
               "slot_save_path", "slot_prompt_similarity", "slots", "metrics", "props", "cors_origins", "embedding",
+              "cache_ram", "cache_idle_slots",
               "reranking", "pooling", "embd_normalize", "jinja", "reasoning_format", "reasoning_budget",
               "reasoning_budget_message", "lora_init_without_apply",
               "temperature", "top_k", "top_p", "min_p", "typical_p", "seed", "repeat_penalty", "repeat_last_n",
