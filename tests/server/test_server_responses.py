@@ -31,7 +31,7 @@ def chat_text(server, max_tokens: int, **extra: Any) -> Dict[str, Any]:
     r = server.post("/v1/chat/completions", {"messages": [{"role": "system", "content": INSTR},
                                                           {"role": "user", "content": USER}],
                                              "max_tokens": max_tokens, "temperature": 0, **extra})
-    assert r.status == 200, r.text()
+    assert r.status == 200, r.text
     return r.json()
 
 
@@ -96,7 +96,7 @@ def test_message_list_input(chat_server, client):
 def test_input_tokens(chat_server):
     body = {"model": "m", "instructions": INSTR, "input": USER}
     r = chat_server.post("/v1/responses/input_tokens", body)
-    assert r.status == 200, r.text()
+    assert r.status == 200, r.text
     assert r.json()["object"] == "response.input_tokens"
     prompt = chat_server.post("/apply-template", {"messages": [{"role": "system", "content": INSTR},
                                                                {"role": "user", "content": USER}]}).json()["prompt"]
@@ -135,7 +135,7 @@ def test_tools_accepted(client):
 def test_bad_input(chat_server, body, msg):
     for path in ("/v1/responses", "/v1/responses/input_tokens"):
         r = chat_server.post(path, body)
-        assert r.status == 400, r.text()
+        assert r.status == 400, r.text
         err = r.json()["error"]
         assert err["type"] == "invalid_request_error" and err["code"] == 400 and msg in err["message"]
 

@@ -32,7 +32,7 @@ LOADER = web.AppKey("loader", asyncio.Task)
 
 def routes(cfg: ServerConfig) -> list:
     """The one endpoint table: (method, path, handler)."""
-    from . import extra, responses
+    from . import anthropic, extra, responses
     table = [
         ("GET", "/health", native.health), ("GET", "/v1/health", native.health),
         ("GET", "/v1/models", openai.models), ("GET", "/models", openai.models),
@@ -45,6 +45,8 @@ def routes(cfg: ServerConfig) -> list:
         ("POST", "/v1/responses", responses.responses), ("POST", "/responses", responses.responses),
         ("POST", "/v1/responses/input_tokens", responses.input_tokens),
         ("POST", "/responses/input_tokens", responses.input_tokens),
+        ("POST", "/v1/messages", anthropic.messages),
+        ("POST", "/v1/messages/count_tokens", anthropic.count_tokens),
         ("POST", "/v1/embeddings", openai.embeddings),
         ("POST", "/embedding", native.embedding_native), ("POST", "/embeddings", native.embedding_native),
         ("POST", "/tokenize", native.tokenize), ("POST", "/detokenize", native.detokenize),
