@@ -182,9 +182,16 @@ def test_bad_input(chat_server, body, msg):
 
 
 def test_max_tokens_default(chat_server):
-    """llama-server's: without max_tokens the limit is 4096 (here the context ends it first), not an error."""
-    r = chat_server.post("/v1/messages/count_tokens", {"messages": [{"role": "user", "content": "hi"}]})
-    assert r.status == 200
+    """llama-server's: without max_tokens the limit is 4096, not an error (here the slot's context of
+    512 tokens ends the generation first)."""
+    body = {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+    r = chat_server.post("/v1/messages", body, timeout=300)
+    assert r.status == 200, r.text
+    m = r.json()
+    assert m["stop_reason"] == "max_tokens", m["stop_reason"]
+    u = m["usage"]
+    assert 100 < u["output_tokens"] < 512 and u["input_tokens"] + u["cache_read_input_tokens"] > 0
+    assert chat_server.post("/v1/messages/count_tokens", body).status == 200
 
 
 def test_x_api_key(start_server, chat_model_path):

@@ -80,7 +80,8 @@ def responses_to_chat(body: Dict[str, Any]) -> Dict[str, Any]:
     if body.get("previous_response_id"):
         raise APIError(400, "llama.cpp does not support 'previous_response_id'.")
     chat = {k: v for k, v in body.items()
-            if k not in ("input", "instructions", "tools", "max_output_tokens", "reasoning", "tool_choice", "text")}
+            if k not in ("input", "instructions", "tools", "max_output_tokens", "reasoning", "tool_choice", "text",
+                         "n", "messages")}
     msgs: List[Dict[str, Any]] = []
     if "instructions" in body and body["instructions"] is not None:
         if not isinstance(body["instructions"], str):
