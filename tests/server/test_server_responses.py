@@ -177,3 +177,13 @@ def test_forced_tool_call(llama_server):
         final = events[-1].response
         (fc,) = [o for o in final.output if o.type == "function_call"]
         assert fc.arguments == call.arguments and fc.call_id == added[0].call_id
+
+
+def test_text_format_json_schema(client):
+    """Responses' ``text.format`` (flattened json_schema) is chat's response_format: the grammar holds."""
+    from test_server_tools import MAX_TOKENS, SCHEMA
+    fmt = {"type": "json_schema", "name": "a", "schema": SCHEMA, "strict": True}
+    res = client.responses.create(model="m", input="Answer in JSON.", text={"format": fmt},
+                                  max_output_tokens=MAX_TOKENS, temperature=0)
+    assert res.usage.output_tokens < MAX_TOKENS, res.output_text
+    jsonschema.validate(json.loads(res.output_text), SCHEMA)
