@@ -139,7 +139,8 @@ def test_content_blocks_and_history(chat_server):
     chat = chat_server.post("/v1/chat/completions", {"max_tokens": 5, "temperature": 0, "tools": TOOLS, "messages": [
         {"role": "system", "content": SYSTEM}, {"role": "user", "content": USER},
         {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+            {"id": "toolu_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
         {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}]}).json()
     assert m.json()["usage"]["output_tokens"] == chat["usage"]["completion_tokens"]
     texts = [b["text"] for b in m.json()["content"] if b["type"] == "text"]

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from test_server_tools import SCHEMAS, TOOLS, argv_for, scripted_output, template_model  # noqa: F401
+from test_server_tools import TOOLS, argv_for, scripted_output, template_model  # noqa: F401
 
 from pyllama.server.state import STATE
 

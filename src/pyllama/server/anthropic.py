@@ -129,6 +129,8 @@ def messages_to_chat(body: Dict[str, Any]) -> Dict[str, Any]:
             chat["tool_choice"] = {"type": "function", "function": {"name": tc.get("name", "")}}
         elif tc.get("type") == "none":
             chat["tool_choice"] = "none"
+        if tc.get("disable_parallel_tool_use"):
+            chat["parallel_tool_calls"] = False
     if body.get("stop_sequences") is not None:
         chat["stop"] = body["stop_sequences"]
     chat["max_tokens"] = body["max_tokens"] if body.get("max_tokens") is not None else DEFAULT_MAX_TOKENS

@@ -301,10 +301,11 @@ async def _stream(request: web.Request, st: ServerState, streams: List[Any], par
                     call["id"] = cid
                 items = _output_items(ids, msg)
                 order = {"reasoning": "rs", "message": "msg"}
-                fcs = iter(range(len(calls)))
-                keyed = []
+                keyed, n_fc = [], 0
                 for it in items:
-                    key = order.get(it["type"]) or f"fc{next(fcs)}"
+                    key = order.get(it["type"])
+                    if key is None:
+                        key, n_fc = f"fc{n_fc}", n_fc + 1
                     keyed.append((slot(key), it))
                 keyed.sort(key=lambda x: x[0])
                 for oi, it in keyed:
