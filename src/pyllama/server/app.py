@@ -32,7 +32,7 @@ LOADER = web.AppKey("loader", asyncio.Task)
 
 def routes(cfg: ServerConfig) -> list:
     """The one endpoint table: (method, path, handler)."""
-    from . import extra
+    from . import anthropic, extra, responses
     table = [
         ("GET", "/health", native.health), ("GET", "/v1/health", native.health),
         ("GET", "/v1/models", openai.models), ("GET", "/models", openai.models),
@@ -40,6 +40,13 @@ def routes(cfg: ServerConfig) -> list:
         ("POST", "/completion", native.completion),
         ("POST", "/v1/chat/completions", openai.chat_completions), ("POST", "/chat/completions", openai.chat_completions),
         ("POST", "/v1/chat/completions/control", openai.chat_control),
+        ("POST", "/v1/chat/completions/input_tokens", openai.chat_input_tokens),
+        ("POST", "/chat/completions/input_tokens", openai.chat_input_tokens),
+        ("POST", "/v1/responses", responses.responses), ("POST", "/responses", responses.responses),
+        ("POST", "/v1/responses/input_tokens", responses.input_tokens),
+        ("POST", "/responses/input_tokens", responses.input_tokens),
+        ("POST", "/v1/messages", anthropic.messages),
+        ("POST", "/v1/messages/count_tokens", anthropic.count_tokens),
         ("POST", "/v1/embeddings", openai.embeddings),
         ("POST", "/embedding", native.embedding_native), ("POST", "/embeddings", native.embedding_native),
         ("POST", "/tokenize", native.tokenize), ("POST", "/detokenize", native.detokenize),

@@ -137,9 +137,10 @@ def render_chat(st: ServerState, req: ChatCompletionRequest) -> Dict[str, Any]:
         raise APIError(400, str(e)) from None
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    st = request.app[STATE].require()
-    req = await parse(request, ChatCompletionRequest)
+def prepare_chat(st: ServerState, req: ChatCompletionRequest) -> Tuple[Dict[str, Any], List[int], List[RequestStream]]:
+    """Render a chat request with the template, build its engine requests and submit them: the one
+    generation path of /v1/chat/completions, /v1/responses and /v1/messages (those two convert
+    their bodies to a ChatCompletionRequest first)."""
     cfg, vocab = st.config, st.vocab
     rendered = render_chat(st, req)
     extra = sampling_extras(rendered, vocab)
@@ -149,10 +150,53 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     n_top = (req.top_logprobs or 0) if req.logprobs else 0
     reqs = [make_request(tokens, req, cfg, sampling, max_tokens=max_tokens, stop=chat_stops(req.stop, rendered),
                          n_probs=n_top, logprobs=bool(req.logprobs), choice=j) for j in range(req.n)]
-    streams = submit_all(st.engine, reqs)
+    return rendered, tokens, submit_all(st.engine, reqs)
+
+
+def count_chat_tokens(st: ServerState, req: ChatCompletionRequest) -> int:
+    """The number of tokens of the rendered prompt of a chat request (the */input_tokens endpoints)."""
+    rendered = render_chat(st, req)
+    return len(st.vocab.tokenize(rendered["prompt"], add_special=True, parse_special=True))
+
+
+async def chat_input_tokens(request: web.Request) -> web.Response:
+    """POST /v1/chat/completions/input_tokens (llama-server's): the prompt's token count."""
+    st = request.app[STATE].require()
+    req = await parse(request, ChatCompletionRequest)
+    return web.json_response({"object": "response.input_tokens", "input_tokens": count_chat_tokens(st, req)})
+
+
+def assemble_message(parser: ChatDeltaParser, text: str) -> Dict[str, Any]:
+    """The whole assistant message of a finished generation: content, reasoning_content, tool_calls."""
+    msg: Dict[str, Any] = {"role": "assistant", "content": None}
+    calls: List[Dict[str, Any]] = []
+    content: List[str] = []
+    reasoning: List[str] = []
+    for d in parser.feed(text, partial=False):
+        if "content" in d:
+            content.append(d["content"])
+        if "reasoning_content" in d:
+            reasoning.append(d["reasoning_content"])
+        for tc in d.get("tool_calls", []):
+            if tc["index"] >= len(calls):
+                calls.append({"id": tc["id"], "type": "function",
+                              "function": {"name": tc["function"]["name"], "arguments": ""}})
+            calls[tc["index"]]["function"]["arguments"] += tc["function"].get("arguments", "")
+    msg["content"] = "".join(content) if (content or not calls) else None
+    if reasoning:
+        msg["reasoning_content"] = "".join(reasoning)
+    if calls:
+        msg["tool_calls"] = calls
+    return msg
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE].require()
+    req = await parse(request, ChatCompletionRequest)
+    rendered, _, streams = prepare_chat(st, req)
     cid, created, model = new_id("chatcmpl"), now(), model_name(st, req.model)
     # while it runs, the completion can be acted on by id (POST /v1/chat/completions/control)
-    st.live_chats[cid] = [r.id for r in reqs]
+    st.live_chats[cid] = [s.request_id for s in streams]
     try:
         return await _chat_response(request, st, req, rendered, streams, cid, created, model)
     finally:
@@ -211,25 +255,7 @@ async def _chat_response(request: web.Request, st: ServerState, req: ChatComplet
     outs = await collect(streams)
     choices = []
     for i, o in enumerate(outs):
-        msg: Dict[str, Any] = {"role": "assistant", "content": None}
-        calls: List[Dict[str, Any]] = []
-        content: List[str] = []
-        reasoning: List[str] = []
-        for d in parsers[i].feed(o.text, partial=False):
-            if "content" in d:
-                content.append(d["content"])
-            if "reasoning_content" in d:
-                reasoning.append(d["reasoning_content"])
-            for tc in d.get("tool_calls", []):
-                if tc["index"] >= len(calls):
-                    calls.append({"id": tc["id"], "type": "function",
-                                  "function": {"name": tc["function"]["name"], "arguments": ""}})
-                calls[tc["index"]]["function"]["arguments"] += tc["function"].get("arguments", "")
-        msg["content"] = "".join(content) if (content or not calls) else None
-        if reasoning:
-            msg["reasoning_content"] = "".join(reasoning)
-        if calls:
-            msg["tool_calls"] = calls
+        msg = assemble_message(parsers[i], o.text)
         choices.append({"index": i, "message": msg, "logprobs": lp_of(o), "finish_reason": finish_of(i, o)})
     return web.json_response({"id": cid, "object": "chat.completion", "created": created, "model": model,
                               "system_fingerprint": "pyllama", "choices": choices, "usage": usage(outs, req.n),

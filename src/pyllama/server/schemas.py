@@ -137,6 +137,50 @@ class ChatCompletionRequest(SamplingFields):
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
 
+class ResponsesRequest(_Base):
+    """POST /v1/responses (OpenAI's Responses API): converted to a chat completions request, as
+    llama-server does; the chat request's sampling fields are accepted too."""
+
+    model: Optional[str] = None
+    input: Union[str, List[Dict[str, Any]]]
+    instructions: Optional[str] = None
+    max_output_tokens: Optional[int] = Field(default=None, ge=-1)
+    temperature: Optional[float] = Field(default=None, allow_inf_nan=False)
+    top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    tools: Optional[List[Dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, Dict[str, Any]]] = None
+    parallel_tool_calls: Optional[bool] = None
+    reasoning: Optional[Dict[str, Any]] = None
+    text: Optional[Dict[str, Any]] = None
+    stream: bool = False
+    previous_response_id: Optional[str] = None
+
+
+class AnthropicMessage(_Base):
+    role: str
+    content: Optional[Union[str, List[Dict[str, Any]]]] = None
+
+
+class MessagesRequest(_Base):
+    """POST /v1/messages (Anthropic's Messages API): converted to a chat completions request, as
+    llama-server does. max_tokens defaults to 4096 (llama-server's; Anthropic requires it)."""
+
+    model: Optional[str] = None
+    messages: List[AnthropicMessage]
+    max_tokens: Optional[int] = Field(default=None, ge=-1)
+    system: Optional[Union[str, List[Dict[str, Any]]]] = None
+    temperature: Optional[float] = Field(default=None, allow_inf_nan=False)
+    top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    top_k: Optional[int] = None
+    stop_sequences: Optional[List[str]] = None
+    stream: bool = False
+    tools: Optional[List[Dict[str, Any]]] = None
+    tool_choice: Optional[Dict[str, Any]] = None
+    thinking: Optional[Dict[str, Any]] = None
+    metadata: Optional[Dict[str, Any]] = None
+    chat_template_kwargs: Optional[Dict[str, Any]] = None
+
+
 class EmbeddingRequest(_Base):
     """POST /v1/embeddings and /embedding(s)."""
 
@@ -217,6 +261,11 @@ REQUEST_MODELS = {
     ("post", "/v1/completions"): OAICompletionRequest,
     ("post", "/v1/chat/completions"): ChatCompletionRequest,
     ("post", "/v1/chat/completions/control"): ChatControlRequest,
+    ("post", "/v1/chat/completions/input_tokens"): ChatCompletionRequest,
+    ("post", "/v1/responses"): ResponsesRequest,
+    ("post", "/v1/responses/input_tokens"): ResponsesRequest,
+    ("post", "/v1/messages"): MessagesRequest,
+    ("post", "/v1/messages/count_tokens"): MessagesRequest,
     ("post", "/v1/embeddings"): EmbeddingRequest,
     ("post", "/embedding"): EmbeddingRequest,
     ("post", "/tokenize"): TokenizeRequest,

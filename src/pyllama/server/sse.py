@@ -52,6 +52,11 @@ class SSEWriter:
         await self._write(b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
                           + b"\n\n")
 
+    async def send_event(self, event: str, obj: Any) -> None:
+        """One typed event: ``event: {name}`` then ``data: {json}`` (the Responses and Anthropic APIs)."""
+        await self._write(b"event: " + event.encode() + b"\ndata: "
+                          + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n")
+
     async def send_error(self, obj: Any) -> None:
         await self._write(b"error: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n")
 
