@@ -1003,7 +1003,7 @@ def test_prompt_cache_skips_tokens_already_cached_and_drops_contained_entries():
 
 
 def test_prompt_cache_size_limit_evicts_the_oldest_and_skips_oversized_entries():
-    from pyllama.engine.prompt_cache import PromptCache, CacheEntry
+    from pyllama.engine.prompt_cache import PromptCache
     pc = PromptCache(1, 0)          # 1 MiB
     mib = 1024 * 1024
 

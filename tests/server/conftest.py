@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tup
 import pytest
 
 from pyllama.testing import write_random_model
+from tool_support import QWEN25, TEMPLATES_DIR  # noqa: E402  (tests/server is on sys.path)
 
 ONE_THREAD = ["-t", "1", "-tb", "1"]
 START_TIMEOUT = 120.0
@@ -247,6 +248,23 @@ STANDARD = ("-np", "4", "-c", "2048", "--metrics")
 def chat_server(start_server, chat_model_path) -> ServerProcess:
     """The chat model (qwen2 vocab, Qwen 2.5 tool template): 4 slots of 512 tokens, metrics, slot files."""
     return start_server(chat_model_path, *STANDARD)
+
+
+@pytest.fixture(scope="session")
+def template_model(models_dir, request):
+    """``template_model(vocab, template file)``: a random-weights model carrying that chat template."""
+    cache: Dict[Tuple[str, str], Path] = {}
+
+    def make(vocab: str, template: str) -> Path:
+        if (vocab, template) == ("qwen2", QWEN25):
+            return request.getfixturevalue("chat_model_path")
+        if (vocab, template) not in cache:
+            cache[vocab, template] = write_random_model(
+                models_dir / f"tools-{vocab}-{Path(template).stem}.gguf", vocab=vocab, n_embd=64, n_layer=2,
+                n_head=4, n_ff=128, ftype="f32", seed=2, chat_template=(TEMPLATES_DIR / template).read_text())
+        return cache[vocab, template]
+
+    return make
 
 
 @pytest.fixture(scope="session")

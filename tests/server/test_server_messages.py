@@ -10,8 +10,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from test_server_tools import (FORCED_MAX_TOKENS, LLAMA31, PIN_DATE, SCHEMAS, TOOLS,  # noqa: E402
-                               template_model)  # noqa: F401 - a fixture
+from tool_support import FORCED_MAX_TOKENS, LLAMA31, PIN_DATE, SCHEMAS, TOOLS  # noqa: E402
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -12,8 +12,7 @@ import pytest
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 
-from test_server_tools import (FORCED_MAX_TOKENS, LLAMA31, PIN_DATE, SCHEMAS, TOOLS,  # noqa: E402
-                                template_model)  # noqa: F401 - a fixture
+from tool_support import FORCED_MAX_TOKENS, LLAMA31, PIN_DATE, SCHEMAS, TOOLS  # noqa: E402
 
 INSTR = "You are terse."
 USER = "Write a limerick about python exceptions"

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from test_server_tools import TOOLS, argv_for, scripted_output, template_model  # noqa: F401
+from tool_support import TOOLS, argv_for, scripted_output  # noqa: E402
 
 from pyllama.server.state import STATE
 

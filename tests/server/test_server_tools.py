@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import pytest
-
-from pyllama.testing import write_random_model
 
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
@@ -34,56 +31,18 @@ from openai.lib.streaming.chat import ChatCompletionStreamState  # noqa: E402
 from openai.types.chat import ChatCompletion, ChatCompletionChunk  # noqa: E402
 
 from pyllama.chat import ChatDeltaParser, sampling_extras  # noqa: E402
-from pyllama.engine import RequestOutput  # noqa: E402
 from pyllama.server.openai import render_chat  # noqa: E402
 from pyllama.server.schemas import ChatCompletionRequest  # noqa: E402
 from pyllama.server.state import STATE  # noqa: E402
 from aio_helpers import post_json, post_stream  # noqa: E402
+from tool_support import (  # noqa: E402
+    QWEN25, TOOLS, SCHEMAS, LLAMA31, PIN_DATE, FORCED_MAX_TOKENS, argv_for, token_pieces, scripted_output,
+)
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp" / "models" / "templates"
-QWEN25 = "Qwen-Qwen2.5-7B-Instruct.jinja"          # the template of tests/conftest.py's chat model
-
-WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Berlin"]}},
-                  "required": ["city"], "additionalProperties": False}
-TIME_SCHEMA = {"type": "object", "properties": {"tz": {"type": "string", "enum": ["UTC", "CET"]},
-                                                "24h": {"type": "boolean"}},
-               "required": ["tz", "24h"], "additionalProperties": False}
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather",
-                                                 "description": "Get the current weather in a city",
-                                                 "parameters": WEATHER_SCHEMA}}
-TIME_TOOL = {"type": "function", "function": {"name": "get_time", "description": "Get the time in a time zone",
-                                              "parameters": TIME_SCHEMA}}
-TOOLS = [WEATHER_TOOL, TIME_TOOL]
-SCHEMAS = {"get_weather": WEATHER_SCHEMA, "get_time": TIME_SCHEMA}
 USER = [{"role": "user", "content": "What is the weather in Berlin, and the time in CET?"}]
-ARGV = ("-np", "1", "-c", "1024")
 
 
 # ---------------------------------------------------------------- models and helpers
-
-@pytest.fixture(scope="session")
-def template_model(models_dir, request):
-    """``template_model(vocab, template file)``: a random-weights model carrying that chat template."""
-    cache: Dict[Tuple[str, str], Path] = {}
-
-    def make(vocab: str, template: str) -> Path:
-        if (vocab, template) == ("qwen2", QWEN25):
-            return request.getfixturevalue("chat_model_path")
-        if (vocab, template) not in cache:
-            cache[vocab, template] = write_random_model(
-                models_dir / f"tools-{vocab}-{Path(template).stem}.gguf", vocab=vocab, n_embd=64, n_layer=2,
-                n_head=4, n_ff=128, ftype="f32", seed=2, chat_template=(TEMPLATES_DIR / template).read_text())
-        return cache[vocab, template]
-
-    return make
-
-
-def argv_for(path: Path, *more: str) -> List[str]:
-    return ["-m", str(path), *ARGV, *more]
-
-
-
-
 
 
 def check_tool_call_deltas(chunks: List[Dict[str, Any]]) -> None:
@@ -111,56 +70,6 @@ def fold_chunks(chunks: List[Dict[str, Any]]):
     for c in chunks:
         list(state.handle_chunk(ChatCompletionChunk.model_validate(c)))
     return state.current_completion_snapshot
-
-
-def token_pieces(vocab, text: str) -> List[Tuple[int, str]]:
-    """``text`` as the model would emit it: (token, new text) per token (UTF-8 split across tokens kept whole)."""
-    toks = vocab.tokenize(text, add_special=False, parse_special=True)
-    out: List[Tuple[int, str]] = []
-    buf, sent = b"", ""
-    for t in toks:
-        buf += vocab.token_to_piece(t, special=True)
-        s = buf.decode("utf-8", "ignore")
-        out.append((t, s[len(sent):]))
-        sent = s
-    if sent == " " + text:                    # SentencePiece's space prefix
-        k = next(i for i, (_, p) in enumerate(out) if p)
-        out[k] = (out[k][0], out[k][1][1:])
-        sent = sent[1:]
-    assert sent == text, (sent, text)
-    return out
-
-
-def scripted_output(st, text: str, finish_reason: str = "stop") -> None:
-    """Make the app's engine emit ``text`` token by token instead of sampling (a test double for the
-    model only: validation, rendering, parsing and the responses stay the server's own)."""
-    pieces = token_pieces(st.vocab, text)
-
-    async def outputs(request):
-        n = len(pieces)
-        for i, (tok, piece) in enumerate(pieces):
-            last = i == n - 1
-            usage = {"prompt_tokens": len(request.prompt), "completion_tokens": n,
-                     "total_tokens": len(request.prompt) + n, "prompt_tokens_details": {"cached_tokens": 0}}
-            yield RequestOutput(request.id, text=piece, token_ids=[tok], finished=last,
-                                finish_reason=finish_reason if last else None,
-                                usage=usage if last else None, timings={} if last else None)
-
-    class Stream:                       # the interface of AsyncEngine.generate()'s RequestStream
-        def __init__(self, request):
-            self.request_id = request.id
-            self._it = outputs(request)
-
-        def __aiter__(self):
-            return self
-
-        def __anext__(self):
-            return self._it.__anext__()
-
-        def close(self):
-            pass
-
-    st.engine.generate = Stream         # AsyncEngine.complete()/embed() and the server go through it
 
 
 def render(st, body: Dict[str, Any]) -> Dict[str, Any]:
@@ -367,14 +276,6 @@ def test_tool_choice_grammars(inproc, chat_model_path):
         assert isinstance(choice["message"]["content"], str) and "<tool_call>" not in choice["message"]["content"]
 
     inproc(argv_for(chat_model_path), scenario)
-
-
-LLAMA31 = ("llama-bpe", "meta-llama-Llama-3.1-8B-Instruct.jinja")
-# Llama 3.1's system prompt has today's date: pinned, so the greedy outputs do not change from day to day
-PIN_DATE = {"chat_template_kwargs": {"date_string": "26 Jul 2024"}}
-# the grammar bounds a call (enums, booleans, at most ~22 characters of whitespace between tokens);
-# it takes ~50-80 tokens with random weights
-FORCED_MAX_TOKENS = 400
 
 
 @pytest.fixture(scope="module")
