@@ -31,19 +31,22 @@ def piece(t: int) -> bytes:
     return f"<{t}>".encode()
 
 
-def next_token(ctx: Sequence[int]) -> int:
-    """The fake model: the next token is a hash of the whole context (10..49, never EOG)."""
+def next_token(ctx: Sequence[int], lora: Optional[tuple] = None) -> int:
+    """The fake model: the next token is a hash of the whole context (10..49, never EOG), shifted
+    by the LoRA scales it was decoded with (none, or all 0: the base model)."""
     h = 7
     for t in ctx:
         h = (h * 31 + t) % 1_000_003
+    if lora:
+        h += sum(int(x * 7) * (i + 1) for i, x in enumerate(lora))
     return 10 + h % 40
 
 
-def reference(prompt: Sequence[int], n: int) -> List[int]:
+def reference(prompt: Sequence[int], n: int, lora: Optional[tuple] = None) -> List[int]:
     """What a request generates alone, from an empty cache, for n tokens (no shift)."""
     ctx, out = list(prompt), []
     for _ in range(n):
-        t = next_token(ctx)
+        t = next_token(ctx, lora)
         out.append(t)
         ctx.append(t)
     return out
@@ -72,8 +75,11 @@ class FakeRunner:
     def __init__(self, n_slots: int = 2, n_ctx_slot: int = 64, n_batch: int = 8, n_ubatch: Optional[int] = None,
                  scripts: Optional[Dict[str, Sequence[int]]] = None, kv_full_over: Optional[int] = None,
                  fail_hook: Optional[Callable[[list, int], Optional[BaseException]]] = None,
-                 kv_unified: bool = True):
+                 kv_unified: bool = True, n_lora: int = 0):
         self.n_slots = n_slots
+        self.loras = [f"adapter{i}" for i in range(n_lora)]     # Request.lora: one scale each
+        self.seq_lora: Dict[int, object] = {}                   # seq -> the LoRA scales of its KV
+        self.lora_of_batch: List[object] = []
         self.n_ctx_slot = n_ctx_slot
         self.n_batch = n_batch
         self.n_ubatch = n_ubatch if n_ubatch is not None else n_batch
@@ -143,6 +149,7 @@ class FakeRunner:
             if self.fail_load:
                 raise StateError("fake load failure")
             kv[:] = eval(data.decode())      # noqa: S307 - our own repr
+            self.seq_lora[op.seq] = op.entry.lora
             self.n_loads += 1
         else:
             raise AssertionError(f"unknown op {op.op}")
@@ -154,6 +161,9 @@ class FakeRunner:
     def decode(self, items) -> List[int]:
         rec = [Rec(it.slot.id, tuple(it.tokens), it.pos0, it.logits, it.state.id, it.prefill) for it in items]
         self.attempts.append(rec)
+        # llama.cpp applies LoRA adapters per context: one configuration per decode
+        lora = items[0].state.request.lora
+        assert all(it.state.request.lora == lora for it in items), "two LoRA configurations in one batch"
         n = sum(len(r.tokens) for r in rec)
         assert 0 < n <= self.n_batch, f"batch of {n} tokens (n_batch {self.n_batch})"
         assert len({r.slot for r in rec}) == len(rec), "a slot appears twice in one batch"
@@ -166,6 +176,9 @@ class FakeRunner:
         # the engine's view of each slot must match the KV cache, positions contiguous
         for it in items:
             kv = self.kv[it.slot.id]
+            if kv:      # KV computed under other LoRA scales must never be reused
+                assert self.seq_lora.get(it.slot.id) == lora, f"seq {it.slot.id}: KV of another LoRA configuration"
+            self.seq_lora[it.slot.id] = lora
             assert [p for p, _ in kv] == list(range(len(kv))), f"holes in seq {it.slot.id}: {kv}"
             assert self.kv_tokens(it.slot.id) == list(it.slot.cache), f"slot {it.slot.id} cache != KV"
             assert it.pos0 == len(kv), f"pos0 {it.pos0} but seq {it.slot.id} holds {len(kv)}"
@@ -176,18 +189,19 @@ class FakeRunner:
             self.kv[it.slot.id].extend([it.pos0 + i, t] for i, t in enumerate(it.tokens))
             if it.logits:
                 rows.append(len(self.rows))
-                self.rows.append((it.slot.id, tuple(self.kv_tokens(it.slot.id))))
+                self.rows.append((it.slot.id, tuple(self.kv_tokens(it.slot.id)), lora))
             else:
                 rows.append(-1)
         self.batches.append(rec)
+        self.lora_of_batch.append(lora)
         return rows
 
     def sample(self, sampler: FakeSampler, row: int) -> int:
         assert 0 <= row < len(self.rows), f"no logits at row {row}"
-        _, ctx = self.rows[row]
+        _, ctx, lora = self.rows[row]
         if sampler.script:
             return sampler.script.pop(0)
-        return next_token(ctx)
+        return next_token(ctx, lora)
 
     def logprob(self, row: int, token: int, n_top: int) -> TokenLogprob:
         self.logprob_calls.append((row, token, n_top))
@@ -1211,3 +1225,147 @@ def test_prompt_cache_with_a_pinned_slot():
     assert re_.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
     core.reset_cache()                                       # forgets the RAM cache too
     assert len(core.scheduler.prompt_cache) == 0
+
+
+# ---------------------------------------------------------------------------- LoRA configurations
+
+LA, LB, LC = (1.0, 0.0), (0.0, 0.5), (2.0, 1.0)
+
+
+def lora_of(r: FakeRunner, batch_index: int):
+    return r.lora_of_batch[batch_index]
+
+
+def test_lora_one_shared_configuration_batches_as_before():
+    """Everyone on one configuration (the default None or one explicit tuple): the same batches."""
+    def batches(lora):
+        core, r = make(n_slots=3, n_batch=16, n_lora=2)
+        for p, rid in ((P1, "a"), (P2, "b"), (P3, "c")):
+            core.add(gen(p, rid, max_tokens=5, lora=lora))
+        res = run(core)
+        for p, rid in ((P1, "a"), (P2, "b"), (P3, "c")):
+            assert res[rid].tokens == reference(p, 5, lora)
+        check_no_leaks(core, r)
+        return r.batches
+    base = batches(None)
+    assert len(base[0]) == 3 and all(len(b) == 3 for b in base)   # everyone in every decode
+    assert [[(x.slot, x.pos0, x.prefill) for x in b] for b in batches(LA)] == \
+        [[(x.slot, x.pos0, x.prefill) for x in b] for b in base]
+
+
+def test_lora_two_configurations_never_share_a_batch_and_match_their_solo_runs():
+    core, r = make(n_slots=4, n_batch=32, n_lora=2)
+    reqs = [(P1, "a", LA), (P2, "b", LB), (P3, "c", LA), (P4, "d", None)]
+    for p, rid, lora in reqs:
+        core.add(gen(p, rid, max_tokens=6, lora=lora))
+    res = run(core)
+    for p, rid, lora in reqs:
+        assert res[rid].tokens == reference(p, 6, lora), rid
+    lora_of_rid = {rid: lora for _, rid, lora in reqs}
+    for b, lora in zip(r.batches, r.lora_of_batch):     # (the fake runner checks it on every decode too)
+        assert {lora_of_rid[x.rid] for x in b} == {lora}
+    # a and c (same scales) always decode together
+    assert [i for i, _ in items_of(r.batches, "a")] == [i for i, _ in items_of(r.batches, "c")]
+    assert LB in r.lora_of_batch and LA in r.lora_of_batch and None in r.lora_of_batch
+    check_no_leaks(core, r)
+
+
+def test_lora_no_configuration_starves():
+    """Three configurations: each is served at least every third step, whoever came first."""
+    core, r = make(n_slots=4, n_batch=32, n_ctx_slot=128, n_lora=2)
+    core.add(gen(P1, "a", max_tokens=30, lora=LA))
+    core.add(gen(P2, "b", max_tokens=30, lora=LA))
+    run_steps = [core.step() for _ in range(3)]          # a and b run alone for a while
+    core.add(gen(P3, "c", max_tokens=10, lora=LB))
+    core.add(gen(P4, "d", max_tokens=10, lora=LC))
+    seen = [o for outs in run_steps for o in outs]
+    n0 = len(r.batches)
+    res = run(core, seen=seen)
+    later = r.lora_of_batch[n0:]
+    assert later[:9] == [LA, LB, LC] * 3 or later[:9] == [LB, LC, LA] * 3, later[:9]
+    for lora in (LA, LB, LC):
+        idx = [i for i, x in enumerate(later) if x == lora]
+        assert idx and idx[0] <= 2, (lora, idx)
+        # while the three run together, a configuration waits at most two steps
+        while_all = [i for i in idx if i < 3 * 10]
+        assert all(j - i <= 3 for i, j in zip(while_all, while_all[1:])), (lora, idx)
+    assert res["a"].tokens == reference(P1, 30, LA) and res["b"].tokens == reference(P2, 30, LA)
+    assert res["c"].tokens == reference(P3, 10, LB) and res["d"].tokens == reference(P4, 10, LC)
+    check_no_leaks(core, r)
+
+
+def test_lora_long_prefill_of_one_configuration_does_not_stall_the_other():
+    core, r = make(n_slots=2, n_batch=4, n_ctx_slot=128, n_lora=1)
+    core.add(gen(P2, "a", max_tokens=12, lora=(1.0,)))
+    seen = core.step()
+    long = tuple(range(60, 100))
+    core.add(gen(long, "b", max_tokens=2, lora=(0.0,)))
+    res = run(core, seen=seen)
+    a_steps = [i for i, _ in items_of(r.batches, "a")]
+    b_steps = [i for i, _ in items_of(r.batches, "b")]
+    assert a_steps and b_steps and min(b_steps) < max(a_steps)      # interleaved, both progress
+    assert not set(a_steps) & set(b_steps)
+    assert res["a"].tokens == reference(P2, 12, (1.0,)) and res["b"].tokens == reference(long, 2, (0.0,))
+    check_no_leaks(core, r)
+
+
+def test_lora_cached_prefix_is_reused_only_under_the_same_configuration():
+    core, r = make(n_slots=1, n_lora=1)
+    core.add(gen(P1, "a", max_tokens=3, lora=(1.0,)))
+    run(core)
+    core.add(gen(P1, "b", max_tokens=3, lora=(0.5,)))      # same prompt, other scales: no reuse
+    rb = run(core)["b"]
+    assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert rb.tokens == reference(P1, 3, (0.5,))
+    core.add(gen(P1, "c", max_tokens=3, lora=(0.5,)))      # same scales: reused
+    rc = run(core)["c"]
+    assert rc.final.usage["prompt_tokens_details"]["cached_tokens"] == len(P1) - 1
+    assert rc.tokens == reference(P1, 3, (0.5,))
+    check_no_leaks(core, r)
+
+
+def test_lora_slot_choice_prefers_a_cache_of_the_same_configuration():
+    core, r = make(n_slots=2, n_lora=1)
+    core.add(gen(P1, "a", max_tokens=2, lora=(1.0,)))
+    core.add(gen(P1 + (9,), "b", max_tokens=2, lora=(0.0,)))
+    run(core)
+    core.add(gen(P1 + (9, 9), "c", max_tokens=2, lora=(1.0,)))
+    rc = run(core)["c"]
+    assert rc.final.id_slot == 0 and rc.final.usage["prompt_tokens_details"]["cached_tokens"] == len(P1)
+    assert rc.tokens == reference(P1 + (9, 9), 2, (1.0,))
+
+
+def test_lora_prompt_cache_entries_keep_their_configuration():
+    core, r = make(n_slots=1, n_ctx_slot=64, cache_ram_mib=-1, n_lora=1)
+    pc = core.scheduler.prompt_cache
+    core.add(gen(PA, "a", max_tokens=3, lora=(1.0,)))
+    run(core)
+    core.add(gen(PB, "b", max_tokens=3, lora=(0.0,)))      # A goes to RAM, tagged with its scales
+    run(core)
+    assert [e.lora for e in pc.entries] == [(1.0,)]
+    n = len(r.ops)
+    core.add(gen(PA + (7,), "c", max_tokens=3, lora=(0.0,)))    # other scales: A's entry is no use
+    rc = run(core)["c"]
+    assert ("load", 0, len(PA) + 2) not in cache_ops(r, n)
+    assert rc.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert rc.tokens == reference(PA + (7,), 3, (0.0,))
+    n = len(r.ops)
+    core.add(gen(PA + (8,), "d", max_tokens=3, lora=(1.0,)))    # its own scales: loaded back
+    rd = run(core)["d"]
+    assert ("load", 0, len(PA) + 2) in cache_ops(r, n)
+    assert rd.final.usage["prompt_tokens_details"]["cached_tokens"] == len(PA)
+    assert rd.tokens == reference(PA + (8,), 3, (1.0,))
+    check_no_leaks(core, r)
+
+
+def test_lora_validation():
+    core, _ = make(n_lora=2)
+    with pytest.raises(ValueError, match="2 adapters"):
+        core.add(gen(P1, "a", lora=(1.0,)))
+    with pytest.raises(ValueError, match="finite"):
+        gen(P1, "b", lora=(1.0, float("nan")))
+    core0, _ = make()
+    with pytest.raises(ValueError, match="0 adapters"):
+        core0.add(gen(P1, "c", lora=(1.0,)))
+    core0.add(gen(P1, "d", lora=()))        # no adapter: an empty configuration is fine
+    assert run(core0)["d"].tokens == reference(P1, 4)

@@ -216,7 +216,7 @@ class AsyncEngine:
         request.
         """
         core = self._check_running()
-        core.scheduler.validate(request)
+        core.validate(request)
         sampler = core.runner.new_sampler(request) if request.kind is RequestKind.GENERATE else None
         q: asyncio.Queue = asyncio.Queue()
         self._queues[request.id] = q

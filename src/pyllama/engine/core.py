@@ -76,7 +76,7 @@ class EngineCore:
         """Queue a request (validated here: raises ContextLimitError, ValueError...).
 
         ``sampler``: one already built for it (AsyncEngine builds it in the caller's thread)."""
-        self.scheduler.validate(request)
+        self.validate(request)
         if request.kind is RequestKind.GENERATE and sampler is None:
             sampler = self.runner.new_sampler(request)      # may raise GrammarError: nothing queued yet
         st = RequestState(request, self.runner.piece, self.runner.is_eog)
@@ -85,6 +85,15 @@ class EngineCore:
             self._samplers[request.id] = sampler
         self.metrics.n_requests_total += 1
         return st
+
+    def validate(self, request: Request) -> None:
+        """Raise ContextLimitError/ValueError for what can never run (see Scheduler.validate); a
+        request's LoRA scales must be one per adapter of the runner."""
+        self.scheduler.validate(request)
+        if request.lora is not None:
+            n = len(getattr(self.runner, "loras", ()))
+            if len(request.lora) != n:
+                raise ValueError(f"the request has {len(request.lora)} LoRA scales, the engine has {n} adapters")
 
     def abort(self, request_id: str) -> bool:
         return self.scheduler.abort(request_id)

@@ -16,7 +16,7 @@ limit, an old entry llama-server would just have evicted can still be loaded her
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from .slot import common_prefix
 
@@ -24,10 +24,11 @@ MIB = 1024 * 1024
 
 
 class CacheEntry:
-    __slots__ = ("tokens", "data", "size")
+    __slots__ = ("tokens", "data", "size", "lora")
 
-    def __init__(self, tokens: Sequence[int]):
+    def __init__(self, tokens: Sequence[int], lora: Any = None):
         self.tokens = tuple(tokens)
+        self.lora = lora                     # the LoRA scales the state was computed with
         self.data: Optional[bytes] = None    # the sequence state; None until the runner wrote it
         self.size = 0
 
@@ -54,31 +55,34 @@ class PromptCache:
         return sum(len(e.tokens) for e in self.entries)
 
     # ---- decisions (tokens only) ----
-    def alloc(self, tokens: Sequence[int]) -> Optional[CacheEntry]:
-        """A new entry for ``tokens`` (data to be written by the runner), or None when an entry
-        already holds them all."""
+    def alloc(self, tokens: Sequence[int], lora: Any = None) -> Optional[CacheEntry]:
+        """A new entry for ``tokens`` computed under LoRA scales ``lora`` (data to be written by the
+        runner), or None when an entry already holds them all."""
         if not tokens:
             return None
         n = len(tokens)
         for e in self.entries:
-            if common_prefix(e.tokens, tokens) == n:
+            if e.lora == lora and common_prefix(e.tokens, tokens) == n:
                 return None     # already in the cache
-        e = CacheEntry(tokens)
+        e = CacheEntry(tokens, lora)
         self.entries.append(e)
         self._new.append(e)
         return e
 
-    def find(self, slot_tokens: Sequence[int], prompt: Sequence[int]) -> Optional[CacheEntry]:
+    def find(self, slot_tokens: Sequence[int], prompt: Sequence[int], lora: Any = None,
+             slot_lora: Any = None) -> Optional[CacheEntry]:
         """The entry to load for ``prompt`` into a slot holding ``slot_tokens``: the one keeping the
         most of itself (f_keep, at least 1/4: large prompts are not trashed) that also covers more of
         the prompt (f_sim), both strictly better than what the slot already holds."""
         if not self.entries or not prompt:
             return None
-        lcp = common_prefix(slot_tokens, prompt)
+        lcp = common_prefix(slot_tokens, prompt) if slot_lora == lora else 0
         keep_best = lcp / len(slot_tokens) if slot_tokens else -1.0     # an empty slot: any entry wins
         sim_best = lcp / len(prompt)
         best = None
         for e in self.entries:
+            if e.lora != lora:
+                continue        # computed under other LoRA scales: useless for this prompt
             n = common_prefix(e.tokens, prompt)
             keep, sim = n / len(e.tokens), n / len(prompt)
             if keep < 0.25:
@@ -108,7 +112,7 @@ class PromptCache:
             n = len(e.tokens)
             # drop older entries the new one contains
             self.entries = [o for o in self.entries
-                            if o is e or not (len(o.tokens) <= n and common_prefix(o.tokens, e.tokens) == len(o.tokens))]
+                            if o is e or o.lora != e.lora or not (len(o.tokens) <= n and common_prefix(o.tokens, e.tokens) == len(o.tokens))]
             self.n_saved += 1
         self.update()
 

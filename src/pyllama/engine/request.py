@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -63,6 +64,9 @@ class Request:
     kind: RequestKind = RequestKind.GENERATE
     embd_normalize: int = 2           # for EMBED: -1 none, 0 max-abs, 1 taxicab, 2 euclidean, >2 p-norm
     pooled: bool = True               # for EMBED: one vector (model pooling) or one per token
+    lora: Optional[Tuple[float, ...]] = None    # one scale per adapter of the runner (0: off);
+                                                # None: the runner's default scales. Requests with
+                                                # different values never share a decode.
     id: str = field(default_factory=new_request_id)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,11 @@ class Request:
             raise ValueError("n_probs must be >= 0")
         if self.max_tokens < -1:
             raise ValueError("max_tokens must be >= -1")
+        if self.lora is not None:
+            scales = tuple(float(x) for x in self.lora)
+            if not all(math.isfinite(x) for x in scales):
+                raise ValueError(f"LoRA scales must be finite numbers, got {list(self.lora)}")
+            object.__setattr__(self, "lora", scales)
 
 
 @dataclass

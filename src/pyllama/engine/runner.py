@@ -1,7 +1,7 @@
 """LlamaRunner: the engine's only door to llama.cpp (a Model, a Context, one Batch)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -42,6 +42,31 @@ class LlamaRunner:
         self._pieces: Dict[int, bytes] = {}
         self.pooled = ctx.pooling_type not in (-1, 0)
         self.kv_unified = bool(ctx.params.kv_unified) or ctx.n_seq_max == 1
+        self.loras: List["_core.LoraAdapter"] = []
+        self.lora_default: Tuple[float, ...] = ()   # the scales of a request whose lora is None
+        self._lora_applied: Tuple[float, ...] = ()  # the scales the context has now
+
+    # ---- LoRA adapters: one configuration per decode ----
+    def set_loras(self, adapters: Sequence["_core.LoraAdapter"], default: Sequence[float]) -> None:
+        """The adapters requests may scale (Request.lora: one scale per adapter, in this order),
+        and the default scales. Applied lazily, by the next decode that needs them."""
+        default = tuple(float(x) for x in default)
+        if len(default) != len(adapters):
+            raise ValueError(f"{len(adapters)} adapters but {len(default)} default scales")
+        self.loras = list(adapters)
+        self.lora_default = default
+        self._set_lora(default)
+
+    def set_lora_default(self, scales: Sequence[float]) -> None:
+        scales = tuple(float(x) for x in scales)
+        if len(scales) != len(self.loras):
+            raise ValueError(f"{len(self.loras)} adapters but {len(scales)} scales")
+        self.lora_default = scales
+
+    def _set_lora(self, scales: Tuple[float, ...]) -> None:
+        # as llama-server's common_set_adapter_lora: an adapter at scale 0 is not applied at all
+        self.ctx.set_lora_adapters([(a, x) for a, x in zip(self.loras, scales) if x != 0.0])
+        self._lora_applied = scales
 
     def piece(self, token: int) -> bytes:
         p = self._pieces.get(token)
@@ -84,6 +109,12 @@ class LlamaRunner:
             raise ValueError(f"unknown memory op {op.op!r}")
 
     def decode(self, items: Sequence[BatchItem]) -> List[int]:
+        if items:   # the scheduler batches only requests sharing one LoRA configuration
+            lora = items[0].state.request.lora
+            if lora is None:
+                lora = self.lora_default
+            if lora is not self._lora_applied and lora != self._lora_applied:
+                self._set_lora(lora)
         b = self.batch
         b.clear()
         rows = []

@@ -9,18 +9,27 @@ batch and, when a single token cannot fit, failing only that request.
 With a host-RAM prompt cache (``cache_ram_mib``, llama-server's --cache-ram), admission also
 decides what goes to it and what comes back (``save``/``load`` memory ops, see prompt_cache.py);
 this happens only when a request is admitted, never in a step that admits nothing.
+
+LoRA: llama.cpp applies adapters per context, so one decode serves one adapter configuration
+(``Request.lora``). When running requests use more than one, each step serves the configuration
+that has waited longest (every configuration is served within as many steps as there are
+configurations); the runner applies it before the decode. A slot's cache counts for prefix reuse
+only under the configuration it was computed with. With one configuration nothing changes.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from ..errors import ContextLimitError, KVCacheFullError
 from .prompt_cache import CacheEntry, PromptCache
 from .request import Request, RequestKind, RequestState, RequestStatus
 from .slot import Slot, common_prefix
+
+
+_ALL = object()     # _pick_lora: every running request shares one LoRA configuration
 
 
 @dataclass
@@ -79,6 +88,8 @@ class Scheduler:
         self.by_id: Dict[str, RequestState] = {}
         self._clock = 0
         self._budget_cap = config.n_batch
+        self._step = 0
+        self._lora_waiting: Dict[Any, int] = {}    # configuration -> step since which it waits
         self.prompt_cache: Optional[PromptCache] = (
             PromptCache(config.cache_ram_mib, config.cache_ram_tokens) if config.cache_ram_mib != 0 else None)
 
@@ -161,10 +172,13 @@ class Scheduler:
         self._admit(out)
 
         budget = self._budget_cap
+        lora = self._pick_lora()
         # 1. one token for every generating slot
         for slot in self.slots:
             st = slot.state
             if st is None or st.status is not RequestStatus.DECODING or budget <= 0:
+                continue
+            if lora is not _ALL and st.request.lora != lora:
                 continue
             if len(slot.cache) >= slot.n_ctx:
                 if not self._shift(slot, out):
@@ -175,7 +189,8 @@ class Scheduler:
             out.items.append(BatchItem(slot, st, [st.generated[-1]], len(slot.cache), True, False))
             budget -= 1
         # 2. prompt chunks, oldest admission first
-        prefill = sorted((s for s in self.slots if s.state is not None and s.state.status is RequestStatus.PREFILL),
+        prefill = sorted((s for s in self.slots if s.state is not None and s.state.status is RequestStatus.PREFILL
+                          and (lora is _ALL or s.state.request.lora == lora)),
                          key=lambda s: s.state.t_start)
         n_embed = 0
         for slot in prefill:
@@ -205,6 +220,37 @@ class Scheduler:
             return more
         return out
 
+    def _pick_lora(self) -> Any:
+        """The LoRA configuration this step serves: _ALL when every running request shares one
+        (the common case: one pass over the slots, nothing else), else the one waiting longest."""
+        first: Any = _ALL
+        multi = False
+        for slot in self.slots:
+            st = slot.state
+            if st is None:
+                continue
+            if first is _ALL:
+                first = st.request.lora
+            elif st.request.lora != first:
+                multi = True
+                break
+        if not multi:
+            if self._lora_waiting:
+                self._lora_waiting.clear()
+            return _ALL
+        self._step += 1
+        waiting = self._lora_waiting
+        running = {}
+        for slot in self.slots:
+            st = slot.state
+            if st is not None and not st.status.finished:
+                running[st.request.lora] = waiting.get(st.request.lora, self._step)
+        # the configuration waiting longest (ties: the first one seen, i.e. the lowest slot)
+        pick = min(running, key=running.__getitem__)
+        running[pick] = self._step + 1
+        self._lora_waiting = running
+        return pick
+
     def _admit(self, out: SchedulerOutput) -> None:
         if not self.waiting:
             return
@@ -224,8 +270,9 @@ class Scheduler:
             if pc is not None and update_cache and req.kind is RequestKind.GENERATE:
                 self._cache_update(pc, slot, req, out)
             keep = 0
-            if req.cache_prompt and req.kind is RequestKind.GENERATE:
+            if req.cache_prompt and req.kind is RequestKind.GENERATE and slot.lora == req.lora:
                 keep = min(common_prefix(slot.cache, req.prompt), len(req.prompt) - 1)
+            slot.lora = req.lora
             if keep < len(slot.cache) or not slot.cache:
                 out.mem_ops.append(MemOp("rm", slot.id, keep, -1))
             del slot.cache[keep:]
@@ -239,16 +286,17 @@ class Scheduler:
     def _cache_update(self, pc: PromptCache, slot: Slot, req: Request, out: SchedulerOutput) -> None:
         """llama-server's get_available_slot cache update: save what the slot holds, then load the
         entry that serves the new prompt better than the slot does (it leaves the cache)."""
-        e = pc.alloc(slot.cache)
+        e = pc.alloc(slot.cache, slot.lora)
         if e is not None:
             out.mem_ops.append(MemOp("save", slot.id, entry=e))
-        best = pc.find(slot.cache, req.prompt)
+        best = pc.find(slot.cache, req.prompt, req.lora, slot.lora)
         if best is None:
             return
         pc.take(best)
         if req.cache_prompt:
             out.mem_ops.append(MemOp("load", slot.id, entry=best))
             slot.cache = list(best.tokens)
+            slot.lora = best.lora
         # cache_prompt false: llama-server loads the entry and then re-evaluates the whole prompt
         # over it; the entry is gone from the cache either way, so the load itself is skipped
 
@@ -258,7 +306,7 @@ class Scheduler:
         for s in self.slots:
             if s.state is not None or not s.cache:
                 continue
-            e = pc.alloc(s.cache)
+            e = pc.alloc(s.cache, s.lora)
             if e is not None:
                 out.mem_ops.append(MemOp("save", s.id, entry=e))
             if self.config.kv_unified:
@@ -276,13 +324,14 @@ class Scheduler:
                 return None, False
             if not s.cache or thr == 0:
                 return s, False
-            lcp = common_prefix(s.cache, req.prompt)
+            lcp = common_prefix(s.cache, req.prompt) if s.lora == req.lora else 0
             return s, not (lcp > thr * len(req.prompt) and lcp / len(s.cache) >= 0.5)
         free = [s for s in self.slots if s.free]
         if not free:
             return None, False
         if req.cache_prompt and req.kind is RequestKind.GENERATE:
-            lcp, _, neg_id = max((common_prefix(s.cache, req.prompt), -s.last_used, -s.id) for s in free)
+            lcp, _, neg_id = max((common_prefix(s.cache, req.prompt) if s.lora == req.lora else 0,
+                                  -s.last_used, -s.id) for s in free)
             best = self.slots[-neg_id]
             # reuse a cache only when it covers enough of the prompt (llama-server's --slot-prompt-similarity)
             if lcp > thr * len(req.prompt):

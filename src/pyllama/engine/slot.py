@@ -15,7 +15,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class Slot:
-    __slots__ = ("id", "n_ctx", "cache", "state", "last_used")
+    __slots__ = ("id", "n_ctx", "cache", "state", "last_used", "lora")
 
     def __init__(self, id: int, n_ctx: int):
         self.id = id                    # == the llama seq_id
@@ -23,6 +23,7 @@ class Slot:
         self.cache: List[int] = []      # tokens whose KV is in the sequence, in order
         self.state: Optional[RequestState] = None
         self.last_used = 0              # a logical clock: higher is more recent
+        self.lora = None                # the LoRA scales ``cache`` was computed with (Request.lora)
 
     @property
     def free(self) -> bool:
@@ -39,4 +40,6 @@ class Slot:
             "n_cached": len(self.cache),
             "n_prompt_tokens": len(st.request.prompt) if st is not None else 0,
             "n_decoded": len(st.generated) if st is not None else 0,
+            "lora": [{"id": i, "scale": x} for i, x in enumerate(st.request.lora)]
+            if st is not None and st.request.lora is not None else None,
         }

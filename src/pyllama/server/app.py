@@ -168,8 +168,8 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
                 engine.start(loop)
         st.engine = engine
         if st.loras:
-            pairs = [(e.adapter, e.scale) for e in st.loras]
-            await engine.call(lambda core: core.runner.ctx.set_lora_adapters(pairs))
+            adapters, scales = [e.adapter for e in st.loras], st.lora_scales()
+            await engine.call(lambda core: core.runner.set_loras(adapters, scales))
         st.ready = True
         m = st.model
         runner = engine.core.runner

@@ -96,6 +96,7 @@ async def lora_post(request: web.Request) -> web.Response:
     scales = {it.id: it.scale for it in items}
     for i, e in enumerate(st.loras):
         e.scale = scales.get(i, 0.0)        # not listed: scale 0, as llama-server
-    pairs = [(e.adapter, e.scale) for e in st.loras]
-    await st.engine.call(lambda core: core.runner.ctx.set_lora_adapters(pairs))
+    scales = st.lora_scales()
+    # the default of requests without a "lora" field (and of embeddings); applied by the next decode
+    await st.engine.call(lambda core: core.runner.set_lora_default(scales))
     return web.json_response([{"id": i, "path": e.path, "scale": e.scale} for i, e in enumerate(st.loras)])

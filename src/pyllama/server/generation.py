@@ -130,9 +130,6 @@ def sampling_params(fields: SamplingFields, cfg: ServerConfig, vocab: "_core.Voc
                     rendered: Optional[Dict[str, Any]] = None, **extra: Any) -> SamplingParams:
     """SamplingParams of a request: the server's defaults, the request's fields, then ``extra``
     (a chat template's grammar). ``rendered``: the chat template's output, for chat requests."""
-    if fields.lora:
-        raise APIError(501, "per-request \"lora\" is not supported by pyllama yet; set adapter scales with "
-                            "POST /lora-adapters", "not_supported_error")
     kw: Dict[str, Any] = {
         "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "min_p": cfg.min_p,
         "typical_p": cfg.typical_p, "repeat_penalty": cfg.repeat_penalty, "repeat_last_n": cfg.repeat_last_n,
@@ -175,9 +172,39 @@ def stop_list(stop: Any) -> List[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
 
+def request_lora(fields: SamplingFields, global_scales: Sequence[float]) -> Optional[Tuple[float, ...]]:
+    """A request's LoRA scales (Request.lora), one per loaded adapter, as llama-server reads the
+    ``lora`` field: [{"id": N, "scale": S}, ...], an adapter not listed at scale 0; no field (or an
+    empty list) means the global scales (--lora/--lora-scaled, POST /lora-adapters). None when no
+    adapter is loaded. Unknown or repeated ids and scales that are not finite numbers are a 400."""
+    items = fields.lora
+    if not items:
+        return tuple(global_scales) if global_scales else None
+    n = len(global_scales)
+    scales = [0.0] * n
+    seen = set()
+    for item in items:
+        if not isinstance(item, dict) or "id" not in item or "scale" not in item:
+            raise APIError(400, f"invalid \"lora\" entry {item!r}: expected {{\"id\": <adapter id>, \"scale\": <number>}}")
+        i, x = item["id"], item["scale"]
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise APIError(400, f"invalid LoRA adapter id {i!r}: expected an integer")
+        if not 0 <= i < n:
+            raise APIError(400, f"invalid LoRA adapter id {i}: " + (
+                f"the server has {n} adapter(s), ids 0..{n - 1} (see GET /lora-adapters)" if n else
+                "no LoRA adapter is loaded (start the server with --lora)"))
+        if i in seen:
+            raise APIError(400, f"LoRA adapter id {i} is listed more than once")
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x or x in (float("inf"), float("-inf")):
+            raise APIError(400, f"invalid scale {x!r} for LoRA adapter {i}: expected a finite number")
+        seen.add(i)
+        scales[i] = float(x)
+    return tuple(scales)
+
+
 def make_request(tokens: Sequence[int], fields: SamplingFields, cfg: ServerConfig, sampling: SamplingParams, *,
                  max_tokens: Optional[int], stop: Sequence[str], n_probs: int = 0, logprobs: bool = False,
-                 choice: int = 0) -> Request:
+                 choice: int = 0, lora: Optional[Tuple[float, ...]] = None) -> Request:
     if max_tokens is None or max_tokens < 0:
         max_tokens = cfg.n_predict
     if choice and sampling.seed != DEFAULT_SEED:    # n > 1 with a fixed seed: distinct, reproducible choices
@@ -185,7 +212,7 @@ def make_request(tokens: Sequence[int], fields: SamplingFields, cfg: ServerConfi
     cache = cfg.cache_prompt if fields.cache_prompt is None else fields.cache_prompt
     return Request(prompt=tuple(tokens), sampling=sampling, max_tokens=max_tokens, stop=tuple(stop),
                    ignore_eos=fields.ignore_eos, n_probs=n_probs, logprobs=logprobs or n_probs > 0,
-                   cache_prompt=cache, id_slot=fields.id_slot)
+                   cache_prompt=cache, id_slot=fields.id_slot, lora=lora)
 
 
 def submit_all(engine: AsyncEngine, requests: Sequence[Request]) -> List[RequestStream]:

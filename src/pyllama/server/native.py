@@ -14,7 +14,7 @@ from ..errors import PyllamaError, StateError
 from . import metrics as prom
 from .common import error_of, parse
 from .errors import APIError, error_response, require_enabled
-from .generation import (submit_all, collect, make_request, merged, prompt_tokens, sampling_params,
+from .generation import (submit_all, collect, make_request, request_lora, merged, prompt_tokens, sampling_params,
                          stop_list)
 from .openai import compute_embeddings
 from .schemas import ApplyTemplateRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -76,8 +76,9 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
     sampling = sampling_params(req, cfg, vocab)
     max_tokens = req.n_predict if req.n_predict is not None else req.max_tokens
     n_probs = req.n_probs or 0
+    lora = request_lora(req, st.lora_scales())
     reqs = [make_request(p, req, cfg, sampling, max_tokens=max_tokens, stop=stop_list(req.stop), n_probs=n_probs,
-                         choice=j) for p in prompts for j in range(req.n_cmpl)]
+                         choice=j, lora=lora) for p in prompts for j in range(req.n_cmpl)]
     streams = submit_all(st.engine, reqs)
 
     def final_fields(i: int, o: RequestOutput, content: str, tokens: List[int]) -> Dict[str, Any]:

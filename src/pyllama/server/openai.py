@@ -14,7 +14,7 @@ from ..engine import RequestOutput, RequestStream
 from ..errors import ChatTemplateError, ContextLimitError, GrammarError
 from .common import error_of, now, parse, usage
 from .errors import APIError, require_enabled
-from .generation import (submit_all, collect, make_request, merged, prompt_tokens, sampling_params,
+from .generation import (submit_all, collect, make_request, request_lora, merged, prompt_tokens, sampling_params,
                          stop_list)
 from .schemas import ChatCompletionRequest, ChatControlRequest, EmbeddingRequest, OAICompletionRequest
 from .sse import SSEWriter
@@ -62,8 +62,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompts = prompt_tokens(vocab, req.prompt)
     sampling = sampling_params(req, cfg, vocab)
     n_top = req.logprobs or 0
+    lora = request_lora(req, st.lora_scales())
     reqs = [make_request(p, req, cfg, sampling, max_tokens=req.max_tokens, stop=stop_list(req.stop),
-                         n_probs=n_top, logprobs=req.logprobs is not None, choice=j)
+                         n_probs=n_top, logprobs=req.logprobs is not None, choice=j, lora=lora)
             for p in prompts for j in range(req.n)]
     streams = submit_all(st.engine, reqs)
     cid, created, model = new_id("cmpl"), now(), model_name(st, req.model)
@@ -148,8 +149,9 @@ def prepare_chat(st: ServerState, req: ChatCompletionRequest) -> Tuple[Dict[str,
     tokens = vocab.tokenize(rendered["prompt"], add_special=True, parse_special=True)
     max_tokens = next((v for v in (req.max_completion_tokens, req.max_tokens, req.n_predict) if v is not None), None)
     n_top = (req.top_logprobs or 0) if req.logprobs else 0
+    lora = request_lora(req, st.lora_scales())
     reqs = [make_request(tokens, req, cfg, sampling, max_tokens=max_tokens, stop=chat_stops(req.stop, rendered),
-                         n_probs=n_top, logprobs=bool(req.logprobs), choice=j) for j in range(req.n)]
+                         n_probs=n_top, logprobs=bool(req.logprobs), choice=j, lora=lora) for j in range(req.n)]
     return rendered, tokens, submit_all(st.engine, reqs)
 
 

@@ -59,7 +59,7 @@ class SamplingFields(_Base):
     n_keep: Optional[int] = None
     return_tokens: bool = False
     timings_per_token: bool = False
-    lora: Optional[List[Dict[str, Any]]] = None      # refused for now (see generation.sampling_params)
+    lora: Optional[List[Dict[str, Any]]] = None      # [{"id": N, "scale": S}] (see generation.request_lora)
     # reasoning budget (llama-server's server-schema.cpp): on the chat endpoint the tags and the
     # generation prompt come from the chat template; elsewhere they can be given here
     reasoning_budget_tokens: Optional[StrictInt] = Field(default=None, ge=-1, le=INT32_MAX)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from aiohttp import web
 
@@ -32,6 +32,7 @@ class ServerState:
     load_progress: float = 0.0
     t_start: float = field(default_factory=time.time)
     live_chats: Dict[str, List[str]] = field(default_factory=dict)   # running chat completion id -> request ids
+    _lora_scales: Tuple[float, ...] = ()
 
     def require(self) -> "ServerState":
         """The state, if the model is ready; else a 503 as llama-server's."""
@@ -40,6 +41,14 @@ class ServerState:
         if not self.ready or self.engine is None or not self.engine.running:
             raise APIError(503, "Loading model")
         return self
+
+    def lora_scales(self) -> Tuple[float, ...]:
+        """The global adapter scales (--lora/--lora-scaled, POST /lora-adapters), by adapter id.
+        The same tuple object until they change, so requests using them batch at no cost."""
+        scales = tuple(e.scale for e in self.loras)
+        if scales != self._lora_scales:
+            self._lora_scales = scales
+        return self._lora_scales
 
     @property
     def vocab(self) -> "_core.Vocab":
