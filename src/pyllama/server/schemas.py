@@ -52,6 +52,7 @@ class SamplingFields(_Base):
     json_schema: Optional[Dict[str, Any]] = None
     ignore_eos: bool = False
     n_probs: Optional[int] = Field(default=None, ge=0, le=100)
+    post_sampling_probs: bool = False   # n_probs from the sampling chain's candidates, as probabilities
     samplers: Optional[Union[List[str], str]] = None
     stop: Optional[Union[str, List[str]]] = None
     cache_prompt: Optional[bool] = None
