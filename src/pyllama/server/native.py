@@ -194,7 +194,9 @@ async def props(request: web.Request) -> web.Response:
 async def props_post(request: web.Request) -> web.Response:
     st = request.app[STATE]
     require_enabled(st.config.props, "changing global properties", "--props")
-    raise APIError(501, "changing global properties is not supported by pyllama yet", "not_supported_error")
+    # llama-server (server-context.cpp, post_props) accepts no property yet ("Options: None yet"):
+    # it reads no body and answers success; so do we, whatever the body
+    return web.json_response({"success": True})
 
 
 async def slots(request: web.Request) -> web.Response:

@@ -302,5 +302,7 @@ def openapi_document(title: str = "pyllama server", version: str = "0") -> Dict[
         }
     for path in ("/health", "/v1/models", "/props", "/slots", "/metrics", "/lora-adapters"):
         paths.setdefault(path, {})["get"] = {"responses": {"200": {"description": "OK"}, **errors}}
+    paths["/props"]["post"] = {"description": "change global properties (needs --props; none accepted yet)",
+                               "responses": {"200": {"description": "OK: {\"success\": true}"}, **errors}}
     return {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths,
             "components": {"schemas": schemas}}
