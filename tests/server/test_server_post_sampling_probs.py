@@ -102,3 +102,23 @@ def test_post_sampling_probs_chat(inproc, tiny_model_path):
             assert set(e) == {"token", "bytes", "logprob", "top_logprobs"} and len(e["top_logprobs"]) == 2
 
     inproc(tiny_argv(tiny_model_path), scenario)
+
+
+def test_post_sampling_probs_chat_stream_and_legacy_completions(inproc, tiny_model_path):
+    async def scenario(client):
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0,
+                "logprobs": True, "top_logprobs": 2, "post_sampling_probs": True, "stream": True}
+        r = await client.post("/v1/chat/completions", json=body)
+        raw = (await r.read()).decode()
+        chunks = [json.loads(ln[6:]) for ln in raw.splitlines() if ln.startswith("data: ") and ln != "data: [DONE]"]
+        entries = [e for c in chunks for ch in c["choices"] if ch.get("logprobs")
+                   for e in ch["logprobs"]["content"]]
+        assert entries and all(set(e) == {"token", "bytes", "prob", "top_probs"} for e in entries)
+        # /v1/completions keeps OpenAI's legacy log-space shape: the logarithms of the post-chain probabilities
+        d = await post_json(client, "/v1/completions", {"prompt": PROMPT, "max_tokens": 3, "temperature": 0,
+                                                        "logprobs": 2, "post_sampling_probs": True})
+        lp = d["choices"][0]["logprobs"]
+        assert lp["token_logprobs"] == [0.0, 0.0, 0.0]
+        assert all(list(t.values()) == [0.0] for t in lp["top_logprobs"])
+
+    inproc(tiny_argv(tiny_model_path), scenario)
