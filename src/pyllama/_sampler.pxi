@@ -6,6 +6,9 @@ cdef extern from "llama.h":
     void _sampler_apply_cpp "llama_sampler_apply"(llama_sampler * smpl, llama_token_data_array * cur_p) except + nogil
 
 _SAMPLER_ALIASES = {"typical_p": "typ_p"}
+# llama_token_data, as numpy reads a candidate array (post_sampling_probs)
+_TOKEN_DATA_DTYPE = _np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+assert _TOKEN_DATA_DTYPE.itemsize == sizeof(llama_token_data)
 
 _BUDGET_STATES = {REASONING_BUDGET_IDLE: "idle", REASONING_BUDGET_COUNTING: "counting",
                   REASONING_BUDGET_FORCING: "forcing", REASONING_BUDGET_WAITING_UTF8: "waiting_utf8",
@@ -386,3 +389,37 @@ cdef class Sampler:
             items = [(t, float(_np.exp(l - m) / z), l) for t, _, l in items]
         items.sort(key=lambda x: -x[1])
         return [(t, float(p)) for t, p, _ in items[:n]]
+
+    def post_sampling_probs(self, int n):
+        """After sample(): the distribution the sampling chain left for the row it just sampled.
+
+        As llama-server's ``post_sampling_probs``: returns ``(p, top)`` where ``p`` is the sampled
+        token's probability among the chain's candidates and ``top`` the (at most ``n``) most probable
+        candidates as ``(token, p)``, in decreasing probability, without zero-probability ones.
+        A greedy chain (temperature <= 0) leaves one candidate, the sampled token, with p = 1.0
+        (what llama.cpp's temperature sampler at 0 followed by dist gives)."""
+        cdef llama_token_data * d = self.cur_p.data
+        cdef size_t size = self.cur_p.size
+        cdef int64_t sel = self.cur_p.selected
+        if self.chain == NULL:
+            raise ClosedError("the sampler is closed")
+        if d == NULL or size == 0 or sel < 0 or <size_t>sel >= size:
+            raise RuntimeError("post_sampling_probs() needs a sampled row: call sample() first")
+        cdef llama_token tok = d[sel].id
+        if self.params.greedy:
+            return 1.0, ([(int(tok), 1.0)] if n > 0 else [])
+        raw = PyBytes_FromStringAndSize(<char *>d, <Py_ssize_t>(size * sizeof(llama_token_data)))
+        a = _np.frombuffer(raw, dtype=_TOKEN_DATA_DTYPE)
+        p = a["p"]
+        p_sel = float(p[sel])
+        if float(p.sum()) <= 0.0:   # the last sampler computed no probabilities: it picked one token
+            return 1.0, ([(int(tok), 1.0)] if n > 0 else [])
+        keep = _np.flatnonzero(p > 0.0)
+        n = min(n, keep.size)
+        if n <= 0:
+            return p_sel, []
+        if n < keep.size:
+            keep = keep[_np.argpartition(-p[keep], n - 1)[:n]]
+        keep = keep[_np.argsort(-p[keep], kind="stable")]
+        ids = a["id"]
+        return p_sel, [(int(ids[i]), float(p[i])) for i in keep]

@@ -151,14 +151,16 @@ class ChatDeltaParser:
 
 
 def token_logprob_entry(vocab: "_core.Vocab", token: int, logprob: float,
-                        top: Sequence[Any] = ()) -> Dict[str, Any]:
-    """One OpenAI chat ``logprobs.content`` entry."""
+                        top: Sequence[Any] = (), post_sampling: bool = False) -> Dict[str, Any]:
+    """One OpenAI chat ``logprobs.content`` entry. With ``post_sampling`` (llama-server's
+    ``post_sampling_probs``) ``logprob`` and ``top`` are probabilities, under ``prob``/``top_probs``."""
+    key, top_key = ("prob", "top_probs") if post_sampling else ("logprob", "top_logprobs")
     piece = vocab.token_to_piece(token, special=False)
-    entry: Dict[str, Any] = {"token": piece.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(piece),
-                             "top_logprobs": []}
+    entry: Dict[str, Any] = {"token": piece.decode("utf-8", "replace"), key: logprob, "bytes": list(piece),
+                             top_key: []}
     for t, lp in top:
         p = vocab.token_to_piece(t, special=False)
-        entry["top_logprobs"].append({"token": p.decode("utf-8", "replace"), "logprob": lp, "bytes": list(p)})
+        entry[top_key].append({"token": p.decode("utf-8", "replace"), key: lp, "bytes": list(p)})
     return entry
 
 

@@ -95,6 +95,7 @@ class FakeRunner:
         self.n_new_sampler = 0
         self.n_free_sampler = 0
         self.logprob_calls: List[tuple] = []
+        self.post_probs_calls: List[tuple] = []
         self.embedding_calls: List[tuple] = []
         self.n_saves = 0
         self.n_loads = 0
@@ -207,6 +208,11 @@ class FakeRunner:
         self.logprob_calls.append((row, token, n_top))
         top = [(token + i, -0.1 * (i + 1)) for i in range(n_top)]
         return TokenLogprob(token, -token / 100.0, top)
+
+    def post_sampling_probs(self, sampler: FakeSampler, token: int, n_top: int) -> TokenLogprob:
+        self.post_probs_calls.append((token, n_top))
+        top = [(token, 1.0)][:n_top]
+        return TokenLogprob(token, 0.0, [(t, 0.0) for t, _ in top], prob=1.0, top_probs=top)
 
     def embedding(self, item, row: int, pooled: bool):
         ctx = self.kv_tokens(item.slot.id)
@@ -831,6 +837,26 @@ def test_logprobs_chosen_token_only():
     assert [lp.token for lp in a.logprobs] == a.tokens
     assert all(lp.top == [] for lp in a.logprobs)
     assert [c[2] for c in r.logprob_calls] == [0, 0, 0]
+
+
+def test_post_sampling_probs_asks_the_sampler_not_the_logits():
+    core, r = make(n_slots=2)
+    core.add(gen(P1, "a", max_tokens=3, n_probs=2, post_sampling_probs=True))
+    core.add(gen(P2, "b", max_tokens=3, n_probs=2))
+    res = run(core)
+    a, b = res["a"], res["b"]
+    assert [lp.token for lp in a.logprobs] == a.tokens
+    assert all(lp.post_sampling and lp.prob == 1.0 and lp.top_probs == [(lp.token, 1.0)] for lp in a.logprobs)
+    assert [c[0] for c in r.post_probs_calls] == a.tokens and all(c[1] == 2 for c in r.post_probs_calls)
+    assert [c[1] for c in r.logprob_calls] == b.tokens     # only b's tokens went to the raw logits
+    assert not any(lp.post_sampling for lp in b.logprobs)
+
+
+def test_post_sampling_probs_without_n_probs_costs_nothing():
+    core, r = make(n_slots=1)
+    core.add(gen(P1, "a", max_tokens=3, post_sampling_probs=True))
+    a = run(core)["a"]
+    assert a.logprobs == [] and r.post_probs_calls == [] and r.logprob_calls == []
 
 
 # ---------------------------------------------------------------------------- embeddings

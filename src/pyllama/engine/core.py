@@ -31,6 +31,7 @@ class Runner(Protocol):
     def sample(self, sampler: Any, row: int) -> int: ...
     def reasoning_end(self, sampler: Any) -> bool: ...
     def logprob(self, row: int, token: int, n_top: int) -> TokenLogprob: ...
+    def post_sampling_probs(self, sampler: Any, token: int, n_top: int) -> TokenLogprob: ...
     def embedding(self, item: BatchItem, row: int, pooled: bool) -> Any: ...
 
 
@@ -174,8 +175,12 @@ class EngineCore:
                     st.finish(RequestStatus.FINISHED_LENGTH)
                     continue
             try:
-                tok = self.runner.sample(self._samplers[req.id], row)
-                lp = self.runner.logprob(row, tok, req.n_probs) if (req.logprobs or req.n_probs) else None
+                smp = self._samplers[req.id]
+                tok = self.runner.sample(smp, row)
+                lp = None
+                if req.logprobs or req.n_probs:
+                    lp = (self.runner.post_sampling_probs(smp, tok, req.n_probs) if req.post_sampling_probs
+                          else self.runner.logprob(row, tok, req.n_probs))
             except PyllamaError as e:
                 st.finish(RequestStatus.FINISHED_ERROR, e)
                 continue

@@ -59,6 +59,7 @@ class Request:
     ignore_eos: bool = False
     n_probs: int = 0                  # top-N log-probabilities per generated token (0: none)
     logprobs: bool = False            # the chosen token's log-probability
+    post_sampling_probs: bool = False # n_probs/logprobs from the sampling chain's candidates, not the raw logits
     cache_prompt: bool = True
     id_slot: int = -1                 # -1: the engine chooses
     kind: RequestKind = RequestKind.GENERATE
@@ -87,9 +88,21 @@ class Request:
 
 @dataclass
 class TokenLogprob:
+    """One generated token's probabilities. By default from the raw logits (``logprob``, ``top``).
+
+    With ``Request.post_sampling_probs`` they are the sampling chain's candidates after it ran
+    (llama-server's ``post_sampling_probs``): ``prob`` and ``top_probs`` in probability space, and
+    ``logprob``/``top`` their logarithms, so log-space readers see the same distribution."""
+
     token: int
     logprob: float
     top: List[Tuple[int, float]] = field(default_factory=list)
+    prob: Optional[float] = None
+    top_probs: Optional[List[Tuple[int, float]]] = None
+
+    @property
+    def post_sampling(self) -> bool:
+        return self.prob is not None
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """LlamaRunner: the engine's only door to llama.cpp (a Model, a Context, one Batch)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -10,6 +11,10 @@ from ..errors import StateError
 from ..params import SamplingParams
 from .request import Request, RequestKind, TokenLogprob
 from .scheduler import BatchItem, MemOp
+
+
+def _log(p: float) -> float:
+    return math.log(p) if p > 0.0 else float("-inf")
 
 
 def normalize_embedding(v: np.ndarray, mode: int) -> np.ndarray:
@@ -138,6 +143,11 @@ class LlamaRunner:
     def logprob(self, row: int, token: int, n_top: int) -> TokenLogprob:
         top = self.ctx.top_logprobs(row, n_top) if n_top > 0 else []
         return TokenLogprob(token, self.ctx.logprob_of(row, token), top)
+
+    def post_sampling_probs(self, sampler: "_core.Sampler", token: int, n_top: int) -> TokenLogprob:
+        """The candidates the sampler's chain left for the row it just sampled (probability space)."""
+        p, top = sampler.post_sampling_probs(n_top)
+        return TokenLogprob(token, _log(p), [(t, _log(q)) for t, q in top], prob=p, top_probs=top)
 
     def embedding(self, item: BatchItem, row: int, pooled: bool) -> Any:
         mode = item.state.request.embd_normalize

@@ -212,6 +212,7 @@ def make_request(tokens: Sequence[int], fields: SamplingFields, cfg: ServerConfi
     cache = cfg.cache_prompt if fields.cache_prompt is None else fields.cache_prompt
     return Request(prompt=tuple(tokens), sampling=sampling, max_tokens=max_tokens, stop=tuple(stop),
                    ignore_eos=fields.ignore_eos, n_probs=n_probs, logprobs=logprobs or n_probs > 0,
+                   post_sampling_probs=fields.post_sampling_probs,
                    cache_prompt=cache, id_slot=fields.id_slot, lora=lora)
 
 

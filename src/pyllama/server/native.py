@@ -44,13 +44,22 @@ def _stop_type(o: RequestOutput) -> str:
 
 
 def _probs(st: ServerState, o: RequestOutput) -> List[Dict[str, Any]]:
+    """``completion_probabilities`` as llama-server: ``logprob``/``top_logprobs`` from the raw logits, or
+    with ``post_sampling_probs`` ``prob``/``top_probs`` from the sampling chain's candidates."""
     vocab = st.vocab
 
-    def tok(t: int, lp: float) -> Dict[str, Any]:
+    def tok(t: int, key: str, v: float) -> Dict[str, Any]:
         piece = vocab.token_to_piece(t, special=False)
-        return {"id": t, "token": piece.decode("utf-8", "replace"), "bytes": list(piece), "logprob": lp}
+        return {"id": t, "token": piece.decode("utf-8", "replace"), "bytes": list(piece), key: v}
 
-    return [{**tok(p.token, p.logprob), "top_logprobs": [tok(t, lp) for t, lp in p.top]} for p in o.logprobs]
+    out = []
+    for p in o.logprobs:
+        if p.post_sampling:
+            out.append({**tok(p.token, "prob", p.prob), "top_probs": [tok(t, "prob", q) for t, q in p.top_probs]})
+        else:
+            out.append({**tok(p.token, "logprob", p.logprob),
+                        "top_logprobs": [tok(t, "logprob", lp) for t, lp in p.top]})
+    return out
 
 
 def generation_settings(st: ServerState, req: Optional[CompletionRequest] = None) -> Dict[str, Any]:
@@ -186,7 +195,9 @@ async def props(request: web.Request) -> web.Response:
 async def props_post(request: web.Request) -> web.Response:
     st = request.app[STATE]
     require_enabled(st.config.props, "changing global properties", "--props")
-    raise APIError(501, "changing global properties is not supported by pyllama yet", "not_supported_error")
+    # llama-server (server-context.cpp, post_props) accepts no property yet ("Options: None yet"):
+    # it reads no body and answers success; so do we, whatever the body
+    return web.json_response({"success": True})
 
 
 async def slots(request: web.Request) -> web.Response:

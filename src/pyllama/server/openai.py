@@ -215,7 +215,9 @@ async def _chat_response(request: web.Request, st: ServerState, req: ChatComplet
     def lp_of(o: RequestOutput) -> Optional[Dict[str, Any]]:
         if not req.logprobs or not o.logprobs:
             return None
-        return {"content": [token_logprob_entry(vocab, t.token, t.logprob, t.top) for t in o.logprobs]}
+        return {"content": [token_logprob_entry(vocab, t.token, t.prob, t.top_probs, post_sampling=True)
+                            if t.post_sampling else token_logprob_entry(vocab, t.token, t.logprob, t.top)
+                            for t in o.logprobs]}
 
     def finish_of(i: int, o: RequestOutput) -> Optional[str]:
         if o.finish_reason == "stop" and parsers[i].n_calls:

@@ -52,6 +52,7 @@ class SamplingFields(_Base):
     json_schema: Optional[Dict[str, Any]] = None
     ignore_eos: bool = False
     n_probs: Optional[int] = Field(default=None, ge=0, le=100)
+    post_sampling_probs: bool = False   # n_probs from the sampling chain's candidates, as probabilities
     samplers: Optional[Union[List[str], str]] = None
     stop: Optional[Union[str, List[str]]] = None
     cache_prompt: Optional[bool] = None
@@ -301,5 +302,7 @@ def openapi_document(title: str = "pyllama server", version: str = "0") -> Dict[
         }
     for path in ("/health", "/v1/models", "/props", "/slots", "/metrics", "/lora-adapters"):
         paths.setdefault(path, {})["get"] = {"responses": {"200": {"description": "OK"}, **errors}}
+    paths["/props"]["post"] = {"description": "change global properties (needs --props; none accepted yet)",
+                               "responses": {"200": {"description": "OK: {\"success\": true}"}, **errors}}
     return {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths,
             "components": {"schemas": schemas}}
