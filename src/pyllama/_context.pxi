@@ -278,6 +278,11 @@ cdef class Context:
         self._seq_ok(seq_id)
         llama_memory_seq_keep(self.mem, seq_id)
 
+    def memory_can_shift(self):
+        """Whether this context's memory can shift positions (seq_add): False e.g. for recurrent models."""
+        self._check()
+        return bool(llama_memory_can_shift(self.mem))
+
     def seq_add(self, llama_seq_id seq_id, llama_pos p0, llama_pos p1, llama_pos delta):
         """Shift positions [p0, p1) of a sequence by delta (context shift)."""
         self._check()

@@ -75,8 +75,9 @@ class FakeRunner:
     def __init__(self, n_slots: int = 2, n_ctx_slot: int = 64, n_batch: int = 8, n_ubatch: Optional[int] = None,
                  scripts: Optional[Dict[str, Sequence[int]]] = None, kv_full_over: Optional[int] = None,
                  fail_hook: Optional[Callable[[list, int], Optional[BaseException]]] = None,
-                 kv_unified: bool = True, n_lora: int = 0):
+                 kv_unified: bool = True, n_lora: int = 0, can_shift: bool = True):
         self.n_slots = n_slots
+        self.can_shift = can_shift
         self.loras = [f"adapter{i}" for i in range(n_lora)]     # Request.lora: one scale each
         self.seq_lora: Dict[int, object] = {}                   # seq -> the LoRA scales of its KV
         self.lora_of_batch: List[object] = []
@@ -131,6 +132,7 @@ class FakeRunner:
         if op.op == "rm":
             kv[:] = [e for e in kv if not (lo <= e[0] < hi)]
         elif op.op == "shift":
+            assert self.can_shift, "a shift on a memory that cannot shift"
             for e in kv:
                 if lo <= e[0] < hi:
                     e[0] += op.delta
@@ -1395,3 +1397,131 @@ def test_lora_validation():
         core0.add(gen(P1, "c", lora=(1.0,)))
     core0.add(gen(P1, "d", lora=()))        # no adapter: an empty configuration is fine
     assert run(core0)["d"].tokens == reference(P1, 4)
+
+
+# ---------------------------------------------------------------------------- cache reuse (--cache-reuse)
+# llama-server's algorithm: after the common prefix, chunks of the slot's cache that match the
+# prompt where the prompt is (the prompt skipped what lies between) move there by a KV shift.
+# The fake KV checks after the ops that positions are contiguous and hold slot.cache's tokens.
+
+RX = (1, 5, 6)                     # common prefix
+RZ = (60, 61, 62, 63, 64)          # in the cache only
+RY = (30, 31, 32, 33)              # cached after RZ, follows RX directly in the new prompt
+
+
+def _cached(core, r, prompt):
+    """Run ``prompt`` alone in slot 0 (1 token generated): the slot then caches exactly it."""
+    core.add(gen(prompt, "seed", max_tokens=1))
+    run(core)
+    assert core.scheduler.slots[0].cache == list(prompt)
+    return len(r.ops), len(r.batches)
+
+
+def test_cache_reuse_moves_a_chunk_earlier_and_prefills_only_the_rest():
+    core, r = make(n_slots=1)
+    n_ops, nb = _cached(core, r, RX + RZ + RY)
+    pb = RX + RY + (44, 45)
+    core.add(gen(pb, "b", max_tokens=3, n_cache_reuse=4))
+    rb = run(core)["b"]
+    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, 8), MemOp("shift", 0, 8, 12, -5), MemOp("rm", 0, 7, -1)]
+    assert r.batches[nb] == [Rec(0, (44, 45), 7, True, "b", True)]
+    assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == 7
+    assert rb.final.timings["cache_n"] == 7 and rb.final.timings["prompt_n"] == 2
+    assert rb.tokens == reference(pb, 3)     # the fake model reads only the KV's tokens
+    check_no_leaks(core, r)
+
+
+def test_cache_reuse_chunk_shorter_than_n_is_not_reused():
+    core, r = make(n_slots=1)
+    n_ops, nb = _cached(core, r, RX + RZ + RY)
+    pb = RX + RY + (44, 45)
+    core.add(gen(pb, "b", max_tokens=3, n_cache_reuse=5))
+    rb = run(core)["b"]
+    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, -1)]
+    assert r.batches[nb] == [Rec(0, RY + (44, 45), 3, True, "b", True)]
+    assert rb.final.timings["cache_n"] == 3 and rb.final.timings["prompt_n"] == 6
+    assert rb.tokens == reference(pb, 3)
+
+
+def test_cache_reuse_off_with_zero_and_by_default():
+    for kw in ({}, {"n_cache_reuse": 0}):
+        core, r = make(n_slots=1)
+        n_ops, nb = _cached(core, r, RX + RZ + RY)
+        core.add(gen(RX + RY + (44,), "b", max_tokens=2, **kw))
+        rb = run(core)["b"]
+        assert r.ops[n_ops:] == [MemOp("rm", 0, 3, -1)]
+        assert rb.final.timings["cache_n"] == 3
+
+
+def test_cache_reuse_needs_cache_prompt():
+    core, r = make(n_slots=1)
+    n_ops, nb = _cached(core, r, RX + RZ + RY)
+    pb = RX + RY + (44,)
+    core.add(gen(pb, "b", max_tokens=2, n_cache_reuse=1, cache_prompt=False))
+    rb = run(core)["b"]
+    assert r.ops[n_ops:] == [MemOp("rm", 0, 0, -1)]
+    assert r.batches[nb] == [Rec(0, pb, 0, True, "b", True)]
+    assert rb.final.timings["cache_n"] == 0 and rb.tokens == reference(pb, 2)
+
+
+def test_cache_reuse_multiple_chunks_and_the_rest_in_between_is_prefilled():
+    core, r = make(n_slots=1)
+    A, B, C = (30, 31, 32), (40, 41, 42), (50, 51, 52)
+    n_ops, nb = _cached(core, r, RX + (70,) + A + (71, 72) + B + (73,) + C + (74,))
+    pb = RX + A + B + (99,) + C
+    core.add(gen(pb, "b", max_tokens=3, n_cache_reuse=3))
+    rb = run(core)["b"]
+    # A: cache [4, 7) -> [3, 6); B: cache [9, 12) -> [6, 9); then prompt[9] = 99 matches nothing, so
+    # the walk of the cache goes on without the prompt moving: C (after 99) is not reused
+    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, 4), MemOp("shift", 0, 4, 7, -1),
+                             MemOp("rm", 0, 6, 9), MemOp("shift", 0, 9, 12, -3),
+                             MemOp("rm", 0, 9, -1)]
+    assert r.batches[nb] == [Rec(0, (99,) + C, 9, True, "b", True)]
+    assert rb.final.timings["cache_n"] == 9 and rb.final.timings["prompt_n"] == 4
+    assert rb.tokens == reference(pb, 3)
+    check_no_leaks(core, r)
+
+
+def test_cache_reuse_a_chunk_reaching_the_prompt_end_still_decodes_the_last_token():
+    core, r = make(n_slots=1)
+    n_ops, nb = _cached(core, r, RX + RZ + RY)
+    pb = RX + RY
+    core.add(gen(pb, "b", max_tokens=2, n_cache_reuse=2))
+    rb = run(core)["b"]
+    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, 8), MemOp("shift", 0, 8, 12, -5), MemOp("rm", 0, 6, -1)]
+    assert r.batches[nb] == [Rec(0, RY[-1:], 6, True, "b", True)]
+    assert rb.final.timings["cache_n"] == 6 and rb.final.timings["prompt_n"] == 1
+    assert rb.tokens == reference(pb, 2)
+
+
+def test_cache_reuse_skipped_when_the_memory_cannot_shift():
+    core, r = make(n_slots=1, can_shift=False)
+    n_ops, nb = _cached(core, r, RX + RZ + RY)
+    core.add(gen(RX + RY + (44,), "b", max_tokens=2, n_cache_reuse=2))
+    rb = run(core)["b"]
+    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, -1)]
+    assert rb.final.timings["cache_n"] == 3
+
+
+def test_cache_reuse_only_under_the_same_lora_scales():
+    core, r = make(n_slots=1, n_lora=1)
+    core.add(gen(RX + RZ + RY, "a", max_tokens=1, lora=(1.0,)))
+    run(core)
+    n_ops = len(r.ops)
+    pb = RX + RY + (44,)
+    core.add(gen(pb, "b", max_tokens=2, n_cache_reuse=2, lora=(0.5,)))
+    rb = run(core)["b"]
+    assert r.ops[n_ops:] == [MemOp("rm", 0, 0, -1)]
+    assert rb.final.timings["cache_n"] == 0 and rb.tokens == reference(pb, 2, (0.5,))
+    core.add(gen(RX + RZ + RY, "c", max_tokens=1, lora=(0.5,)))
+    run(core)
+    n_ops = len(r.ops)
+    core.add(gen(pb, "d", max_tokens=2, n_cache_reuse=2, lora=(0.5,)))
+    rd = run(core)["d"]
+    assert [op.op for op in r.ops[n_ops:]] == ["rm", "shift", "rm"]
+    assert rd.final.timings["cache_n"] == 7 and rd.tokens == reference(pb, 2, (0.5,))
+
+
+def test_cache_reuse_field_validated():
+    with pytest.raises(ValueError, match="n_cache_reuse"):
+        gen(P1, "x", n_cache_reuse=-1)

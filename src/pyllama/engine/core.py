@@ -66,7 +66,8 @@ class EngineCore:
             n_ubatch=runner.n_ubatch, context_shift=context_shift, n_keep=n_keep,
             slot_prompt_similarity=slot_prompt_similarity, kv_unified=kv_unified,
             cont_batching=cont_batching, cache_ram_mib=cache_ram_mib, cache_ram_tokens=cache_ram_tokens,
-            cache_idle_slots=cache_idle_slots and cache_ram_mib != 0))
+            cache_idle_slots=cache_idle_slots and cache_ram_mib != 0,
+            can_shift=bool(getattr(runner, "can_shift", True))))
         self.metrics = EngineMetrics()
         self._samplers: Dict[str, Any] = {}
         # set when llama.cpp aborted inside a decode (e.g. a lost RPC worker); cleared by the next good one

@@ -61,6 +61,8 @@ class Request:
     logprobs: bool = False            # the chosen token's log-probability
     post_sampling_probs: bool = False # n_probs/logprobs from the sampling chain's candidates, not the raw logits
     cache_prompt: bool = True
+    n_cache_reuse: int = 0            # llama-server's n_cache_reuse: after the common prefix, reuse cached
+                                      # chunks of at least this many tokens by shifting their KV (0: off)
     id_slot: int = -1                 # -1: the engine chooses
     kind: RequestKind = RequestKind.GENERATE
     embd_normalize: int = 2           # for EMBED: -1 none, 0 max-abs, 1 taxicab, 2 euclidean, >2 p-norm
@@ -77,6 +79,8 @@ class Request:
             raise ValueError("the prompt is empty")
         if self.n_probs < 0:
             raise ValueError("n_probs must be >= 0")
+        if self.n_cache_reuse < 0:
+            raise ValueError("n_cache_reuse must be >= 0")
         if self.max_tokens < -1:
             raise ValueError("max_tokens must be >= -1")
         if self.lora is not None:

@@ -47,6 +47,7 @@ class LlamaRunner:
         self._pieces: Dict[int, bytes] = {}
         self.pooled = ctx.pooling_type not in (-1, 0)
         self.kv_unified = bool(ctx.params.kv_unified) or ctx.n_seq_max == 1
+        self.can_shift = bool(ctx.memory_can_shift())     # KV positions can move (cache reuse)
         self.loras: List["_core.LoraAdapter"] = []
         self.lora_default: Tuple[float, ...] = ()   # the scales of a request whose lora is None
         self._lora_applied: Tuple[float, ...] = ()  # the scales the context has now

@@ -10,6 +10,12 @@ With a host-RAM prompt cache (``cache_ram_mib``, llama-server's --cache-ram), ad
 decides what goes to it and what comes back (``save``/``load`` memory ops, see prompt_cache.py);
 this happens only when a request is admitted, never in a step that admits nothing.
 
+Cache reuse (``Request.n_cache_reuse``, llama-server's --cache-reuse): at admission, after the
+common prefix, chunks of at least that many cached tokens that the new prompt has right there
+(the prompt dropped what preceded them) are moved into place by "rm" + "shift" memory ops, as
+llama-server does; only with cache_prompt, under the same LoRA scales, and when the runner's
+memory can shift (``SchedulerConfig.can_shift``).
+
 LoRA: llama.cpp applies adapters per context, so one decode serves one adapter configuration
 (``Request.lora``). When running requests use more than one, each step serves the configuration
 that has waited longest (every configuration is served within as many steps as there are
@@ -78,6 +84,7 @@ class SchedulerConfig:
     cache_ram_mib: int = 0          # host-RAM prompt cache (llama-server's --cache-ram): 0 off, -1 no limit
     cache_ram_tokens: int = 0       # its token limit (llama-server: the context size), 0 = none
     cache_idle_slots: bool = False  # on every admission, save idle slots to it (and clear them if kv_unified)
+    can_shift: bool = True          # the runner's memory can shift positions (cache reuse needs it)
 
 
 class Scheduler:
@@ -270,10 +277,14 @@ class Scheduler:
             if pc is not None and update_cache and req.kind is RequestKind.GENERATE:
                 self._cache_update(pc, slot, req, out)
             keep = 0
+            reused = False
             if req.cache_prompt and req.kind is RequestKind.GENERATE and slot.lora == req.lora:
-                keep = min(common_prefix(slot.cache, req.prompt), len(req.prompt) - 1)
+                keep = common_prefix(slot.cache, req.prompt)
+                if req.n_cache_reuse > 0 and self.config.can_shift:
+                    keep, reused = self._reuse_chunks(slot, req, keep, out)
+                keep = min(keep, len(req.prompt) - 1)
             slot.lora = req.lora
-            if keep < len(slot.cache) or not slot.cache:
+            if keep < len(slot.cache) or not slot.cache or reused:
                 out.mem_ops.append(MemOp("rm", slot.id, keep, -1))
             del slot.cache[keep:]
             st.n_cached = keep
@@ -282,6 +293,32 @@ class Scheduler:
             if pc is not None and self.config.cache_idle_slots:
                 self._save_idle_slots(pc, out)
         self.waiting = still
+
+    def _reuse_chunks(self, slot: Slot, req: Request, n_past: int, out: SchedulerOutput) -> Tuple[int, bool]:
+        """llama-server's --cache-reuse / n_cache_reuse: after the common prefix ``n_past``, walk
+        the slot's cache and the prompt; a run of at least ``n_cache_reuse`` tokens of the cache
+        that matches the prompt where the prompt is, is moved there by shifting its KV positions
+        (what lies between is removed). ``slot.cache[:n_past']`` becomes the prompt's first n_past'
+        tokens (its tail is stale: the caller removes it). Returns (n_past', whether a chunk moved)."""
+        cache, prompt, n_min = slot.cache, req.prompt, req.n_cache_reuse
+        head_c = head_p = n_past
+        moved = False
+        while head_c < len(cache) and head_p < len(prompt):
+            n = 0
+            while (head_c + n < len(cache) and head_p + n < len(prompt)
+                   and cache[head_c + n] == prompt[head_p + n]):
+                n += 1
+            if n >= n_min:
+                out.mem_ops.append(MemOp("rm", slot.id, head_p, head_c))
+                out.mem_ops.append(MemOp("shift", slot.id, head_c, head_c + n, head_p - head_c))
+                cache[head_p:head_p + n] = cache[head_c:head_c + n]
+                n_past += n
+                head_c += n
+                head_p += n
+                moved = True
+            else:
+                head_c += 1
+        return n_past, moved
 
     def _cache_update(self, pc: PromptCache, slot: Slot, req: Request, out: SchedulerOutput) -> None:
         """llama-server's get_available_slot cache update: save what the slot holds, then load the
