@@ -94,10 +94,11 @@ def test_api_key_file(tmp_path):
         ["k0", "k1", "k2"]
 
 
-def test_cache_reuse_refused_not_ignored():
-    with pytest.raises(ConfigError, match="cache-reuse"):
-        parse_args(["-m", "x.gguf", "--cache-reuse", "256"], environ={})
-    assert parse_args(["-m", "x.gguf", "--cache-reuse", "0"], environ={}).cache_reuse == 0
+def test_cache_reuse_flag_and_env():
+    assert parse_args(["-m", "x.gguf"], environ={}).cache_reuse == 0
+    assert parse_args(["-m", "x.gguf", "--cache-reuse", "256"], environ={}).cache_reuse == 256
+    assert parse_args(["-m", "x.gguf"], environ={"LLAMA_ARG_CACHE_REUSE": "64"}).cache_reuse == 64
+    assert parse_args(["-m", "x.gguf", "--cache-reuse", "0"], environ={"LLAMA_ARG_CACHE_REUSE": "64"}).cache_reuse == 0
 
 
 def test_no_cont_batching_is_parsed():

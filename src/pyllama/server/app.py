@@ -173,6 +173,8 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
         st.ready = True
         m = st.model
         runner = engine.core.runner
+        if cfg.cache_reuse > 0 and not getattr(runner, "can_shift", True):
+            logger.warning("cache_reuse is not supported by this context, it will be disabled")
         devices = ", ".join(f"{d['name']} ({d['description']})" for d in _core.list_devices(memory=False))
         logger.info("model loaded", extra={"summary": {
             "model": cfg.model, "alias": cfg.model_name, "params": m.n_params, "ctx": runner.n_ctx_slot,

@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-cache-idle-slots", dest="cache_idle_slots", action="store_false")
     c.add_argument("--cache-prompt", dest="cache_prompt", action="store_true", default=True)
     c.add_argument("--no-cache-prompt", dest="cache_prompt", action="store_false")
-    c.add_argument("--cache-reuse", type=int, default=0)
+    c.add_argument("--cache-reuse", dest="cache_reuse", type=int, default=0,
+                   help="min chunk size to attempt reusing from the cache via KV shifting, requires prompt "
+                        "caching to be enabled (default: 0, disabled)")
     c.add_argument("-sps", "--slot-prompt-similarity", type=float, default=0.1)
     c.add_argument("--rope-freq-base", type=float, default=0.0)
     c.add_argument("--rope-freq-scale", type=float, default=0.0)
@@ -390,9 +392,6 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str,
             if not path:
                 raise ConfigError(f"--lora-scaled {item!r}: expected FNAME:SCALE")
             cfg.lora.append((path, float(scale)))
-    if cfg.cache_reuse > 0:
-        raise ConfigError("--cache-reuse: reusing cache chunks by KV shifting is not supported by pyllama yet "
-                          "(prompt caching by common prefix is on; use --cache-reuse 0)")
     if not -1 <= cfg.reasoning_budget <= 2**31 - 1:
         raise ConfigError(f"--reasoning-budget must be -1 (unrestricted), 0 (immediate end) or a positive token "
                           f"count, got {cfg.reasoning_budget}")

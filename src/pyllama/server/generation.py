@@ -210,10 +210,12 @@ def make_request(tokens: Sequence[int], fields: SamplingFields, cfg: ServerConfi
     if choice and sampling.seed != DEFAULT_SEED:    # n > 1 with a fixed seed: distinct, reproducible choices
         sampling = sampling.replace(seed=(sampling.seed + choice) & 0xFFFFFFFF)
     cache = cfg.cache_prompt if fields.cache_prompt is None else fields.cache_prompt
+    n_reuse = getattr(fields, "n_cache_reuse", None)
+    n_reuse = max(0, cfg.cache_reuse) if n_reuse is None else n_reuse     # llama-server: <= 0 is off
     return Request(prompt=tuple(tokens), sampling=sampling, max_tokens=max_tokens, stop=tuple(stop),
                    ignore_eos=fields.ignore_eos, n_probs=n_probs, logprobs=logprobs or n_probs > 0,
                    post_sampling_probs=fields.post_sampling_probs,
-                   cache_prompt=cache, id_slot=fields.id_slot, lora=lora)
+                   cache_prompt=cache, n_cache_reuse=n_reuse, id_slot=fields.id_slot, lora=lora)
 
 
 def submit_all(engine: AsyncEngine, requests: Sequence[Request]) -> List[RequestStream]:

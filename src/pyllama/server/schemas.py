@@ -56,6 +56,7 @@ class SamplingFields(_Base):
     samplers: Optional[Union[List[str], str]] = None
     stop: Optional[Union[str, List[str]]] = None
     cache_prompt: Optional[bool] = None
+    n_cache_reuse: Optional[int] = Field(default=None, ge=0, le=2**31 - 1)   # default: --cache-reuse
     id_slot: int = Field(default=-1, ge=-1)
     n_keep: Optional[int] = None
     return_tokens: bool = False
