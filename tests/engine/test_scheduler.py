@@ -600,6 +600,17 @@ def test_context_shift_continues_with_rm_and_shift_ops():
     assert res.tokens == exp
 
 
+def test_context_shift_is_skipped_when_the_memory_cannot_shift():
+    # e.g. a recurrent model: the request ends at the context's end, as with shifting off
+    core, r = make(n_slots=1, n_ctx_slot=8, context_shift=True, n_keep=1, can_shift=False)
+    p = (1, 2, 3, 4, 5)
+    core.add(gen(p, "a", max_tokens=12))
+    res = run(core)["a"]
+    assert res.final.finish_reason == "length"
+    assert res.tokens == reference(p, 8 - 5 + 1)
+    assert not [op for op in r.ops if op.op == "shift"]
+
+
 # ---------------------------------------------------------------------------- abort
 
 def test_abort_waiting_request():

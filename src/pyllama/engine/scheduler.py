@@ -84,7 +84,7 @@ class SchedulerConfig:
     cache_ram_mib: int = 0          # host-RAM prompt cache (llama-server's --cache-ram): 0 off, -1 no limit
     cache_ram_tokens: int = 0       # its token limit (llama-server: the context size), 0 = none
     cache_idle_slots: bool = False  # on every admission, save idle slots to it (and clear them if kv_unified)
-    can_shift: bool = True          # the runner's memory can shift positions (cache reuse needs it)
+    can_shift: bool = True          # the runner's memory can shift positions (cache reuse, context shift)
 
 
 class Scheduler:
@@ -378,8 +378,8 @@ class Scheduler:
     def _shift(self, slot: Slot, out: SchedulerOutput) -> bool:
         """Context shift: drop half of what follows n_keep. False when disabled or impossible."""
         cfg = self.config
-        if not cfg.context_shift:
-            return False
+        if not cfg.context_shift or not cfg.can_shift:
+            return False     # then the request ends at the context's end, as with shifting off
         n_keep = min(cfg.n_keep, len(slot.cache) - 1)
         n_discard = (len(slot.cache) - n_keep) // 2
         if n_discard <= 0:
