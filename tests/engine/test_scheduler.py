@@ -79,6 +79,7 @@ class FakeRunner:
         self.n_slots = n_slots
         self.can_shift = can_shift
         self.loras = [f"adapter{i}" for i in range(n_lora)]     # Request.lora: one scale each
+        self.lora_default = (0.0,) * n_lora                      # what EngineCore gives lora=None
         self.seq_lora: Dict[int, object] = {}                   # seq -> the LoRA scales of its KV
         self.lora_of_batch: List[object] = []
         self.n_ctx_slot = n_ctx_slot
@@ -1300,12 +1301,12 @@ def test_lora_two_configurations_never_share_a_batch_and_match_their_solo_runs()
     res = run(core)
     for p, rid, lora in reqs:
         assert res[rid].tokens == reference(p, 6, lora), rid
-    lora_of_rid = {rid: lora for _, rid, lora in reqs}
+    lora_of_rid = {rid: (0.0, 0.0) if lora is None else lora for _, rid, lora in reqs}   # None: the default
     for b, lora in zip(r.batches, r.lora_of_batch):     # (the fake runner checks it on every decode too)
         assert {lora_of_rid[x.rid] for x in b} == {lora}
     # a and c (same scales) always decode together
     assert [i for i, _ in items_of(r.batches, "a")] == [i for i, _ in items_of(r.batches, "c")]
-    assert LB in r.lora_of_batch and LA in r.lora_of_batch and None in r.lora_of_batch
+    assert LB in r.lora_of_batch and LA in r.lora_of_batch and (0.0, 0.0) in r.lora_of_batch
     check_no_leaks(core, r)
 
 

@@ -6,7 +6,7 @@ tested with a fake runner. ``LlamaRunner`` is the real one. Only one thread may 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
 from ..errors import DecodeError, KVCacheFullError, PyllamaError
@@ -79,6 +79,11 @@ class EngineCore:
 
         ``sampler``: one already built for it (AsyncEngine builds it in the caller's thread)."""
         self.validate(request)
+        if request.lora is None and getattr(self.runner, "loras", None):
+            # the default scales, fixed now: the scheduler then compares concrete scales, so a cache
+            # built under an old default is never reused under a new one, and embeddings batch with
+            # completions on the default
+            request = replace(request, lora=self.runner.lora_default)
         if request.kind is RequestKind.GENERATE and sampler is None:
             sampler = self.runner.new_sampler(request)      # may raise GrammarError: nothing queued yet
         st = RequestState(request, self.runner.piece, self.runner.is_eog)

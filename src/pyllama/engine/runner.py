@@ -116,9 +116,7 @@ class LlamaRunner:
 
     def decode(self, items: Sequence[BatchItem]) -> List[int]:
         if items:   # the scheduler batches only requests sharing one LoRA configuration
-            lora = items[0].state.request.lora
-            if lora is None:
-                lora = self.lora_default
+            lora = items[0].state.request.lora or ()   # EngineCore.add fixed None to the default
             if lora is not self._lora_applied and lora != self._lora_applied:
                 self._set_lora(lora)
         b = self.batch

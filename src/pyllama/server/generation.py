@@ -174,12 +174,13 @@ def stop_list(stop: Any) -> List[str]:
 
 def request_lora(fields: SamplingFields, global_scales: Sequence[float]) -> Optional[Tuple[float, ...]]:
     """A request's LoRA scales (Request.lora), one per loaded adapter, as llama-server reads the
-    ``lora`` field: [{"id": N, "scale": S}, ...], an adapter not listed at scale 0; no field (or an
-    empty list) means the global scales (--lora/--lora-scaled, POST /lora-adapters). None when no
-    adapter is loaded. Unknown or repeated ids and scales that are not finite numbers are a 400."""
+    ``lora`` field: [{"id": N, "scale": S}, ...], an adapter not listed at scale 0. No field (or an
+    empty list): None, which the engine reads as the global scales (--lora/--lora-scaled, POST
+    /lora-adapters) when it queues the request. Unknown or repeated ids and scales that are not
+    finite numbers are a 400."""
     items = fields.lora
     if not items:
-        return tuple(global_scales) if global_scales else None
+        return None
     n = len(global_scales)
     scales = [0.0] * n
     seen = set()
