@@ -216,19 +216,16 @@ class EngineCore:
                     continue
                 try:
                     self.runner.apply(op)
-                except MemoryError:
-                    if op.op != "save":
-                        raise
-                    # as llama-server on bad_alloc: skip the entry and lower the limit to 40% of the use
-                    op.entry.data = None        # type: ignore[union-attr]
-                    pc = self.scheduler.prompt_cache
-                    if pc is not None:
-                        pc.limit_size = max(1, int(0.4 * pc.size()))
-                    continue
-                except PyllamaError as e:
-                    if op.op == "save":
+                except (MemoryError, PyllamaError) as e:
+                    if op.op == "save":     # the entry is dropped at commit
                         op.entry.data = None    # type: ignore[union-attr]
+                        pc = self.scheduler.prompt_cache
+                        if isinstance(e, MemoryError) and pc is not None:
+                            # as llama-server on bad_alloc: lower the limit to 40% of the use
+                            pc.limit_size = max(1, int(0.4 * pc.size()))
                         continue
+                    if isinstance(e, MemoryError):
+                        raise
                     failed.add(op.seq)
                     st = self.scheduler.slots[op.seq].state
                     if st is not None:
