@@ -10,6 +10,7 @@ leaves it. The "\\n" after <think> is part of the block: a budget of N leaves N 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from typing import Any, Dict, List, Sequence
@@ -236,6 +237,37 @@ def test_bad_budget_is_400(inproc, thinking_model_path, bad):
 # ---------------------------------------------------------------- reasoning control
 
 
+@contextlib.contextmanager
+def engine_held_for_control(engine, after: int):
+    """Hold the engine thread after it samples its ``after``-th token until a reasoning-control
+    request has reached the engine's queue (no timing involved). Yields an event set once held."""
+    runner = engine.core.runner
+    real_sample, real_end = runner.sample, engine.reasoning_end
+    parked, sent = threading.Event(), threading.Event()
+    n = {"sampled": 0}
+
+    def sample(sampler, row):           # engine thread
+        tok = real_sample(sampler, row)
+        n["sampled"] += 1
+        if n["sampled"] == after:
+            parked.set()
+            assert sent.wait(60), "the control request never came"
+        return tok
+
+    async def reasoning_end(rid):       # event loop: enqueue, then let the engine go on
+        task = asyncio.ensure_future(real_end(rid))
+        await asyncio.sleep(0)
+        sent.set()
+        return await task
+
+    runner.sample, engine.reasoning_end = sample, reasoning_end
+    try:
+        yield parked
+    finally:
+        sent.set()                      # never leave the engine thread waiting
+        runner.sample, engine.reasoning_end = real_sample, real_end
+
+
 def test_reasoning_control(inproc, thinking_model_path):
     """POST /v1/chat/completions/control {"id", "action": "reasoning_end"} ends a running completion's
     reasoning at once. To act while it runs, the engine thread is held after sampling its 5th token
@@ -245,28 +277,7 @@ def test_reasoning_control(inproc, thinking_model_path):
     async def scenario(client):
         st = client.server.app[STATE]
         vocab = st.vocab
-        runner = st.engine.core.runner
-        engine = st.engine
-        real_sample, real_end = runner.sample, engine.reasoning_end
-        parked, sent = threading.Event(), threading.Event()
-        n = {"sampled": 0}
-
-        def sample(sampler, row):           # engine thread
-            tok = real_sample(sampler, row)
-            n["sampled"] += 1
-            if n["sampled"] == 5:
-                parked.set()
-                assert sent.wait(60), "the control request never came"
-            return tok
-
-        async def reasoning_end(rid):       # event loop: enqueue, then let the engine go on
-            task = asyncio.ensure_future(real_end(rid))
-            await asyncio.sleep(0)
-            sent.set()
-            return await task
-
-        runner.sample, engine.reasoning_end = sample, reasoning_end
-        try:
+        with engine_held_for_control(st.engine, after=5) as parked:
             body = {"messages": HI, "temperature": 0, "max_tokens": 30, "reasoning_control": True,
                     "reasoning_budget_message": MSG, "stream": True, "logprobs": True}
             r = await client.post("/v1/chat/completions", json=body)
@@ -287,8 +298,6 @@ def test_reasoning_control(inproc, thinking_model_path):
             for line in (await r.read()).decode().splitlines():
                 if line.startswith("data: ") and line != "data: [DONE]":
                     events.append(json.loads(line[len("data: "):]))
-        finally:
-            runner.sample, engine.reasoning_end = real_sample, real_end
         deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
         reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
         content = "".join(d.get("content") or "" for d in deltas)
@@ -316,26 +325,7 @@ def test_reasoning_control_errors(inproc, thinking_model_path):
             == {"success": False, "message": "no active completion for this id"}
         # a completion sent without reasoning_control cannot be ended (the engine is held at its first
         # token until the control request is in the engine's queue, as in test_reasoning_control)
-        runner, engine = st.engine.core.runner, st.engine
-        real_sample, real_end = runner.sample, engine.reasoning_end
-        sent = threading.Event()
-        n = {"sampled": 0}
-
-        def sample(sampler, row):
-            tok = real_sample(sampler, row)
-            n["sampled"] += 1
-            if n["sampled"] == 1:
-                assert sent.wait(60), "the control request never came"
-            return tok
-
-        async def reasoning_end(rid):
-            task = asyncio.ensure_future(real_end(rid))
-            await asyncio.sleep(0)
-            sent.set()
-            return await task
-
-        runner.sample, engine.reasoning_end = sample, reasoning_end
-        try:
+        with engine_held_for_control(st.engine, after=1):
             task = asyncio.ensure_future(client.post("/v1/chat/completions", json={
                 "messages": HI, "temperature": 0, "max_tokens": 4}))
             for _ in range(6000):
@@ -348,9 +338,6 @@ def test_reasoning_control_errors(inproc, thinking_model_path):
             r = await task
             assert r.status == 200
             assert (await r.json())["choices"][0]["finish_reason"] == "length"
-        finally:
-            sent.set()
-            runner.sample, engine.reasoning_end = real_sample, real_end
         assert not st.live_chats
 
     inproc(argv(thinking_model_path("opens")), scenario)
