@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import pytest
 
@@ -21,7 +21,7 @@ import pyllama
 from pyllama.detokenize import IncrementalDetokenizer, StopMatcher
 from pyllama.engine.core import EngineCore
 from pyllama.engine.request import Request
-from pyllama.engine.scheduler import BatchItem, MemOp
+from pyllama.engine.scheduler import BatchItem
 from pyllama.params import SamplingParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +158,12 @@ class FakeSampler:
 
 
 class FakeRunner:
-    """Implements the engine's Runner protocol; decode returns its rows instantly."""
+    """Implements the engine's Runner protocol; decode returns its rows instantly (no KV: memory ops
+    are no-ops, and the benchmark needs no prompt cache, slot files or LoRA)."""
+
+    kv_unified = True
+    can_shift = True
+    lora_default: Tuple[float, ...] = ()
 
     def __init__(self, n_slots: int = N_SLOTS, n_ctx_slot: int = 1 << 30, n_batch: int = 512) -> None:
         self.n_slots = n_slots
@@ -188,8 +193,29 @@ class FakeRunner:
     def free_sampler(self, sampler: Any) -> None:
         pass
 
-    def apply(self, op: MemOp) -> None:
+    def set_loras(self, adapters: Sequence[Any], default: Sequence[float]) -> None:  # pragma: no cover
+        raise AssertionError("no LoRA here")
+
+    def set_lora_scales(self, scales: Sequence[float]) -> None:  # pragma: no cover
+        raise AssertionError("no LoRA here")
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         pass
+
+    def seq_shift(self, seq: int, p0: int, p1: int, delta: int) -> None:  # pragma: no cover
+        pass
+
+    def save_seq(self, seq: int) -> bytes:  # pragma: no cover
+        raise AssertionError("no prompt cache here")
+
+    def load_seq(self, seq: int, data: bytes) -> None:  # pragma: no cover
+        raise AssertionError("no prompt cache here")
+
+    def save_seq_file(self, seq: int, path: str, tokens: Sequence[int]) -> int:  # pragma: no cover
+        raise AssertionError("no slot files here")
+
+    def load_seq_file(self, seq: int, path: str, n_max: int) -> Tuple[List[int], int]:  # pragma: no cover
+        raise AssertionError("no slot files here")
 
     def decode(self, items: Sequence[BatchItem]) -> List[int]:
         rows, n = [], 0
@@ -203,7 +229,13 @@ class FakeRunner:
         sampler.i = (sampler.i * 1103515245 + 12345) % _FAKE_VOCAB
         return sampler.i
 
+    def reasoning_end(self, sampler: FakeSampler) -> bool:  # pragma: no cover
+        raise AssertionError("no reasoning control here")
+
     def logprob(self, row: int, token: int, n_top: int) -> Any:  # pragma: no cover - not requested
+        raise AssertionError("logprobs were not requested")
+
+    def post_sampling_probs(self, sampler: FakeSampler, token: int, n_top: int) -> Any:  # pragma: no cover
         raise AssertionError("logprobs were not requested")
 
     def embedding(self, item: BatchItem, row: int, pooled: bool) -> Any:  # pragma: no cover

@@ -130,6 +130,22 @@ def list_devices(memory=True):
     return out
 
 
+def local_devices():
+    """The names of this machine's GPUs (integrated ones when there is no discrete one): the
+    devices llama.cpp picks by default, without the RPC devices registered in this process."""
+    devs = [d for d in list_devices(memory=False) if d["backend"] != "RPC"]
+    gpus = [d["name"] for d in devs if d["type"] == "gpu"]
+    return tuple(gpus or [d["name"] for d in devs if d["type"] == "igpu"])
+
+
+def _rpc_registered():
+    cdef size_t i
+    for i in range(ggml_backend_dev_count()):
+        if ggml_backend_reg_name(ggml_backend_dev_backend_reg(ggml_backend_dev_get(i))) == b"RPC":
+            return True
+    return False
+
+
 def list_backends():
     """Names of the backends compiled in (CPU, CUDA, Vulkan, RPC...)."""
     cdef size_t i

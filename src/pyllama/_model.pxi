@@ -106,8 +106,12 @@ cdef class Model:
             memset(&ov, 0, sizeof(ov))  # terminator: empty key
             overrides.push_back(ov)
             mp.kv_overrides = overrides.data()
-        from pyllama.rpc import model_devices
-        device_names = model_devices(params.devices, params.rpc_servers)
+        if params.rpc_servers and params.devices is None:
+            raise ValueError("rpc_servers must be resolved to devices before the model loads "
+                             "(pyllama.frontend.load_model does it)")
+        device_names = params.devices
+        if device_names is None and _rpc_registered():
+            device_names = local_devices()      # RPC devices only for the models that ask for them
         if device_names is not None:
             for name in device_names:
                 devs.push_back(_find_device(name))

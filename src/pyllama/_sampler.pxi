@@ -69,6 +69,9 @@ cdef class Sampler:
         cdef vector[const char *] cpats
         cdef vector[llama_token] ttoks
         cdef size_t i
+        cdef const llama_vocab * v = self.model.vptr
+        cdef const char * cg = g
+        cdef llama_sampler * grmr = NULL
         if p.grammar_lazy:
             for s in p.grammar_trigger_patterns:
                 pats.push_back(s.encode())
@@ -78,10 +81,13 @@ cdef class Sampler:
                 if t < 0 or t >= self.n_vocab:
                     raise GrammarError(f"grammar trigger token {t} out of range")
                 ttoks.push_back(t)
-            self.grmr = llama_sampler_init_grammar_lazy_patterns(
-                self.model.vptr, g, b"root", cpats.data(), cpats.size(), ttoks.data(), ttoks.size())
+            with nogil:     # parsing a large grammar takes a while: other threads go on
+                grmr = llama_sampler_init_grammar_lazy_patterns(v, cg, b"root", cpats.data(), cpats.size(),
+                                                                ttoks.data(), ttoks.size())
         else:
-            self.grmr = llama_sampler_init_grammar(self.model.vptr, g, b"root")
+            with nogil:
+                grmr = llama_sampler_init_grammar(v, cg, b"root")
+        self.grmr = grmr
         if self.grmr == NULL:
             raise GrammarError("failed to parse the grammar (see the pyllama.llama_cpp log for where)")
         for t in p.grammar_prefill:
@@ -141,6 +147,9 @@ cdef class Sampler:
         cdef const llama_token * sup = llama_vocab_get_suppress_tokens(v, &n_sup)
         cdef vector[string] brk
         cdef vector[const char *] cbrk
+        cdef llama_sampler * smpl
+        cdef float dry_mult, dry_base
+        cdef int32_t dry_len, dry_last
         for tok, val in p.logit_bias:
             if tok < 0 or tok >= self.n_vocab:
                 raise ValueError(f"logit_bias token {tok} out of range [0, {self.n_vocab})")
@@ -171,10 +180,13 @@ cdef class Sampler:
                             brk.push_back(s.encode())
                         for i in range(<int32_t>brk.size()):
                             cbrk.push_back(brk[i].c_str())
-                        self._add(llama_sampler_init_dry(v, p.dry_multiplier, p.dry_base, p.dry_allowed_length,
-                                                         p.dry_penalty_last_n if p.dry_penalty_last_n >= 0
-                                                         else self.model.n_ctx_train,
-                                                         cbrk.data(), cbrk.size()))
+                        # the DRY sampler tokenizes every breaker against the whole vocabulary: without the GIL
+                        dry_mult, dry_base, dry_len = p.dry_multiplier, p.dry_base, p.dry_allowed_length
+                        dry_last = p.dry_penalty_last_n if p.dry_penalty_last_n >= 0 else self.model.n_ctx_train
+                        with nogil:
+                            smpl = llama_sampler_init_dry(v, dry_mult, dry_base, dry_len, dry_last,
+                                                          cbrk.data(), cbrk.size())
+                        self._add(smpl)
                 elif p.greedy:
                     continue  # greedy: only the logit-shaping samplers above matter
                 elif name == "top_k":

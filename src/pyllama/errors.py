@@ -70,6 +70,15 @@ class ContextLimitError(PyllamaError, ValueError):
         self.n_ctx = n_ctx
 
 
+class InvalidRequestError(PyllamaError, ValueError):
+    """A request's fields are invalid (a bad prompt shape, an out-of-range token id, a bad
+    logit_bias or LoRA entry...): the caller's mistake, reported as is (HTTP 400)."""
+
+
+class NotSupportedError(PyllamaError):
+    """The request asks for something this model or build cannot do (HTTP 501)."""
+
+
 def decode_error(code: int, what: str = "llama_decode") -> DecodeError:
     """Map a llama_decode/llama_encode return code to an exception."""
     if code == 1:
@@ -88,5 +97,6 @@ def decode_error(code: int, what: str = "llama_decode") -> DecodeError:
 __all__ = [
     "PyllamaError", "ClosedError", "ModelLoadError", "ContextError", "TokenizeError",
     "GrammarError", "ChatTemplateError", "BatchError", "DecodeError", "KVCacheFullError",
-    "DecodeAbortedError", "RPCError", "StateError", "ContextLimitError", "decode_error",
+    "DecodeAbortedError", "RPCError", "StateError", "ContextLimitError", "InvalidRequestError",
+    "NotSupportedError", "decode_error",
 ]

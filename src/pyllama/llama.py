@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _core
-from .chat import (ChatDeltaParser, chat_reasoning_extras, chat_stops, collect_chat,
-                   json_schema_from_response_format, new_id, sampling_extras, token_logprob_entry)
 from .engine.core import EngineCore
 from .engine.request import Request, RequestKind, RequestOutput
 from .engine.runner import LlamaRunner
 from .errors import ContextLimitError, TokenizeError
+from .frontend import formatting as fmt
+from .frontend.bundle import ModelBundle, load_model, load_templates
+from .frontend.chat import ChatDeltaParser, ChatInput, RenderedChat, new_id
+from .frontend.requests import GenerationDefaults, GenerationOptions, stop_list
+from .frontend.service import Frontend
 from .params import DEFAULT_SEED, ContextParams, ModelParams, SamplingParams
 
 logger = logging.getLogger("pyllama")
 
 Prompt = Union[str, bytes, Sequence[int]]
+
+# llama-cpp-python's default temperature for chat completions (completions use SamplingParams')
+CHAT_TEMPERATURE = 0.2
 
 
 class Llama:
@@ -89,11 +94,11 @@ class Llama:
             embeddings=embedding, pooling_type=pooling_type, rope_freq_base=rope_freq_base,
             rope_freq_scale=rope_freq_scale, n_seq_max=n_parallel, kv_unified=True, **kw)
         self.seed = seed
-        self._model = _core.Model(self.model_path, self.model_params, progress_callback=progress_callback)
+        self._model = load_model(self.model_path, self.model_params, progress_callback=progress_callback)
         self._ctx: Optional[_core.Context] = None
         self._core: Optional[EngineCore] = None
-        self._chat: Optional[_core.ChatTemplates] = None
         self._chat_override = chat_template or chat_format
+        self._frontend: Optional[Frontend] = None
         self._lora = None
         if not vocab_only:
             self._ctx = _core.Context(self._model, self.context_params)
@@ -118,9 +123,9 @@ class Llama:
 
     def close(self) -> None:
         """Free the context and the model. Idempotent."""
-        if self._chat is not None:
-            self._chat.close()
-            self._chat = None
+        if self._frontend is not None:
+            self._frontend.bundle.close()
+            self._frontend = None
         if self._ctx is not None:
             self._ctx.close()
         if self._lora is not None:
@@ -200,18 +205,24 @@ class Llama:
             raise ValueError("this Llama was loaded with vocab_only=True: it has no context")
         return self._core
 
-    def _request(self, prompt_tokens: List[int], sampling: SamplingParams, max_tokens: Optional[int],
-                 stop: Sequence[str], ignore_eos: bool, n_logprobs: int) -> Request:
-        return Request(prompt=tuple(prompt_tokens), sampling=sampling,
-                       max_tokens=-1 if max_tokens is None or max_tokens < 0 else max_tokens,
-                       stop=tuple(stop), ignore_eos=ignore_eos, n_probs=max(n_logprobs, 0),
-                       logprobs=n_logprobs != 0)
+    @property
+    def frontend(self) -> Frontend:
+        """The front end this Llama builds its requests with (model, templates, defaults)."""
+        if self._frontend is None:
+            bundle = ModelBundle(self._model, load_templates(self._model, self._chat_override), owns_model=False)
+            self._frontend = Frontend(bundle, defaults=GenerationDefaults(sampling=SamplingParams(seed=self.seed)))
+        return self._frontend
 
-    def _generate(self, prompt_tokens: List[int], sampling: SamplingParams, max_tokens: Optional[int],
-                  stop: Sequence[str], ignore_eos: bool, n_logprobs: int = 0) -> Iterator[RequestOutput]:
+    def _request(self, prompt_tokens: List[int], options: GenerationOptions, sampling: SamplingParams,
+                 max_tokens: Optional[int], stop: Sequence[str], n_logprobs: int) -> Request:
+        """``n_logprobs``: -1 the chosen token's logprob only, N > 0 also the top N, 0 none."""
+        return self.frontend.builder.requests([prompt_tokens], options, sampling, max_tokens=max_tokens,
+                                              stop=stop, n_probs=max(n_logprobs, 0), logprobs=n_logprobs != 0)[0]
+
+    def _generate(self, request: Request) -> Iterator[RequestOutput]:
         """One request through the engine core, in this thread; yields its deltas (the last is final)."""
         core = self._engine_core()
-        st = core.add(self._request(prompt_tokens, sampling, max_tokens, stop, ignore_eos, n_logprobs))
+        st = core.add(request)
         rid = st.id
         try:
             while True:
@@ -237,9 +248,9 @@ class Llama:
         SamplingParams field names (temperature, top_k, top_p, ...); each prompt gets the same seed.
         """
         core = self._engine_core()
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        sp = SamplingParams(seed=self.seed if seed is None else seed, **sampling)
-        states = [core.add(self._request(self._prompt_tokens(p), sp, max_tokens, stops, ignore_eos, 0))
+        options = GenerationOptions(seed=seed, ignore_eos=ignore_eos)
+        sp = self.frontend.builder.sampling(options, **sampling)
+        states = [core.add(self._request(self._prompt_tokens(p), options, sp, max_tokens, stop_list(stop), 0))
                   for p in prompts]
         texts: Dict[str, List[str]] = {st.id: [] for st in states}
         finals: Dict[str, RequestOutput] = {}
@@ -248,107 +259,96 @@ class Llama:
                 texts[o.request_id].append(o.text)
                 if o.finished:
                     finals[o.request_id] = o
-        created = int(time.time())
+        created = fmt.now()
         results = []
         for st in states:
             f = finals[st.id]
             if f.error is not None:
                 raise f.error
-            results.append({"id": new_id("cmpl"), "object": "text_completion", "created": created,
-                            "model": self.model_path,
-                            "choices": [{"text": "".join(texts[st.id]), "index": 0, "logprobs": None,
-                                         "finish_reason": f.finish_reason}],
-                            "usage": f.usage, "timings": f.timings})
+            results.append(fmt.completion_object(new_id("cmpl"), created, self.model_path,
+                                                 [fmt.completion_choice(0, "".join(texts[st.id]), f.finish_reason)],
+                                                 usage=f.usage, timings=f.timings))
         return results
 
-    def _sampling(self, temperature: float, top_p: float, min_p: float, typical_p: float, top_k: int,
-                  frequency_penalty: float, presence_penalty: float, repeat_penalty: float,
-                  mirostat_mode: int, mirostat_tau: float, mirostat_eta: float, seed: Optional[int],
-                  grammar: Optional[str], logit_bias: Optional[Dict[Any, float]], **extra: Any) -> SamplingParams:
-        bias = tuple((int(k), float(v)) for k, v in (logit_bias or {}).items())
-        return SamplingParams(
-            temperature=temperature, top_p=top_p, min_p=min_p, typical_p=typical_p, top_k=top_k,
-            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-            repeat_penalty=repeat_penalty, mirostat=mirostat_mode, mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta, seed=self.seed if seed is None else seed,
-            grammar=grammar, logit_bias=bias, **extra)
+    @staticmethod
+    def _options(temperature: Optional[float], top_p: Optional[float], min_p: Optional[float],
+                 typical_p: Optional[float], top_k: Optional[int], frequency_penalty: Optional[float],
+                 presence_penalty: Optional[float], repeat_penalty: Optional[float], mirostat_mode: Optional[int],
+                 mirostat_tau: Optional[float], mirostat_eta: Optional[float], seed: Optional[int],
+                 logit_bias: Optional[Dict[Any, float]], ignore_eos: bool, **extra: Any) -> GenerationOptions:
+        """llama-cpp-python's keywords as the front end's options (None: SamplingParams' default)."""
+        return GenerationOptions(temperature=temperature, top_p=top_p, min_p=min_p, typical_p=typical_p, top_k=top_k,
+                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                                 repeat_penalty=repeat_penalty, mirostat=mirostat_mode, mirostat_tau=mirostat_tau,
+                                 mirostat_eta=mirostat_eta, seed=seed, logit_bias=logit_bias, ignore_eos=ignore_eos,
+                                 **extra)
 
     def create_completion(
         self,
         prompt: Prompt,
         suffix: Optional[str] = None,
         max_tokens: Optional[int] = 16,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        typical_p: float = 1.0,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        min_p: Optional[float] = None,
+        typical_p: Optional[float] = None,
         logprobs: Optional[int] = None,
         echo: bool = False,
         stop: Optional[Union[str, List[str]]] = None,
-        frequency_penalty: float = 0.0,
-        presence_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        top_k: int = 40,
+        frequency_penalty: Optional[float] = None,
+        presence_penalty: Optional[float] = None,
+        repeat_penalty: Optional[float] = None,
+        top_k: Optional[int] = None,
         stream: bool = False,
         seed: Optional[int] = None,
-        mirostat_mode: int = 0,
-        mirostat_tau: float = 5.0,
-        mirostat_eta: float = 0.1,
+        mirostat_mode: Optional[int] = None,
+        mirostat_tau: Optional[float] = None,
+        mirostat_eta: Optional[float] = None,
         model: Optional[str] = None,
         grammar: Optional[str] = None,
         logit_bias: Optional[Dict[Any, float]] = None,
         ignore_eos: bool = False,
         **sampling_extra: Any,
     ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]:
-        """An OpenAI-shaped text completion (a dict, or an iterator of chunks when ``stream``)."""
+        """An OpenAI-shaped text completion (a dict, or an iterator of chunks when ``stream``).
+        Sampling keywords left at None take ``SamplingParams``' defaults (llama-server's); other
+        SamplingParams fields may be given as keywords too."""
         if suffix:
             raise NotImplementedError("suffix (fill-in-the-middle) is not supported by create_completion yet")
-        sampling = self._sampling(temperature, top_p, min_p, typical_p, top_k, frequency_penalty,
-                                  presence_penalty, repeat_penalty, mirostat_mode, mirostat_tau,
-                                  mirostat_eta, seed, grammar, logit_bias, **sampling_extra)
         if logprobs is not None and logprobs < 0:
             raise ValueError("logprobs must be >= 0")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        options = self._options(temperature, top_p, min_p, typical_p, top_k, frequency_penalty, presence_penalty,
+                                repeat_penalty, mirostat_mode, mirostat_tau, mirostat_eta, seed, logit_bias,
+                                ignore_eos, grammar=grammar)
+        sampling = self.frontend.builder.sampling(options, **sampling_extra)
         tokens = self._prompt_tokens(prompt)
-        it = self._completion_chunks(tokens, prompt, sampling, max_tokens, stops, echo, logprobs,
-                                     model or self.model_path, ignore_eos)
+        n_lp = 0 if logprobs is None else (-1 if logprobs == 0 else logprobs)
+        request = self._request(tokens, options, sampling, max_tokens, stop_list(stop), n_lp)
+        it = self._completion_chunks(request, prompt, echo, logprobs, model or self.model_path)
         if stream:
             return it
-        return self._collect_completion(it)
+        return fmt.collect_completion(it)
 
     __call__ = create_completion
 
-    def _completion_chunks(self, tokens: List[int], prompt: Prompt, sampling: SamplingParams,
-                           max_tokens: Optional[int], stops: List[str], echo: bool,
-                           logprobs: Optional[int], model: str, ignore_eos: bool) -> Iterator[Dict[str, Any]]:
-        cid = new_id("cmpl")
-        created = int(time.time())
+    def _completion_chunks(self, request: Request, prompt: Prompt, echo: bool, logprobs: Optional[int],
+                           model: str) -> Iterator[Dict[str, Any]]:
+        cid, created = new_id("cmpl"), fmt.now()
         vocab = self._model.vocab
         offset = 0
 
         def chunk(text: str, finish: Optional[str], lp: Any = None, usage: Any = None) -> Dict[str, Any]:
-            c: Dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                                 "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}]}
-            if usage is not None:
-                c["usage"] = usage
-            return c
+            extra = {"usage": usage} if usage is not None else {}
+            return fmt.completion_object(cid, created, model, [fmt.completion_choice(0, text, finish, lp)], **extra)
 
         if echo:
-            text = prompt if isinstance(prompt, str) else vocab.detokenize(tokens)
+            text = prompt if isinstance(prompt, str) else vocab.detokenize(list(request.prompt))
             offset += len(text)
             yield chunk(text, None)
-        n_lp = -1 if logprobs == 0 else (logprobs or 0)
-        for o in self._generate(tokens, sampling, max_tokens, stops, ignore_eos, n_lp):
+        for o in self._generate(request):
             lp = None
             if logprobs is not None and o.logprobs:
-                pieces = [vocab.token_to_piece(t.token, special=False).decode("utf-8", "replace") for t in o.logprobs]
-                offs = []
-                for p in pieces:
-                    offs.append(offset)
-                    offset += len(p)
-                lp = {"tokens": pieces, "text_offset": offs, "token_logprobs": [t.logprob for t in o.logprobs],
-                      "top_logprobs": [{vocab.token_to_piece(k, special=False).decode("utf-8", "replace"): v
-                                        for k, v in t.top} if logprobs else None for t in o.logprobs]}
+                lp, offset = fmt.completion_logprobs(vocab, o.logprobs, offset, with_top=bool(logprobs))
             else:
                 offset += len(o.text)
             if o.finished:
@@ -358,46 +358,18 @@ class Llama:
             elif o.text or lp is not None:
                 yield chunk(o.text, None, lp)
 
-    @staticmethod
-    def _collect_completion(chunks: Iterator[Dict[str, Any]]) -> Dict[str, Any]:
-        text: List[str] = []
-        lps: Optional[Dict[str, List[Any]]] = None
-        last: Dict[str, Any] = {}
-        for c in chunks:
-            last = c
-            ch = c["choices"][0]
-            text.append(ch["text"])
-            if ch["logprobs"]:
-                if lps is None:
-                    lps = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
-                for k in lps:
-                    lps[k].extend(ch["logprobs"][k])
-        out = dict(last)
-        out["choices"] = [{"text": "".join(text), "index": 0, "logprobs": lps,
-                           "finish_reason": last["choices"][0]["finish_reason"]}]
-        return out
-
     # ------------------------------------------------------------------ chat
     @property
     def chat_templates(self) -> "_core.ChatTemplates":
-        if self._chat is None:
-            override = self._chat_override
-            if not override and self._model.chat_template() is None:
-                override = "chatml"
-            self._chat = _core.ChatTemplates(self._model, override or "")
-        return self._chat
+        return self.frontend.bundle.templates
 
     def apply_chat_template(self, messages: List[Dict[str, Any]], *, tools: Optional[List[Dict[str, Any]]] = None,
                             tool_choice: Any = None, add_generation_prompt: bool = True,
-                            **kwargs: Any) -> Dict[str, Any]:
-        """Render messages with the model's template; returns the shim's dict (prompt, grammar, ...)."""
-        req: Dict[str, Any] = {"messages": messages, "add_generation_prompt": add_generation_prompt}
-        if tools:
-            req["tools"] = tools
-        if tool_choice is not None:
-            req["tool_choice"] = tool_choice
-        req.update({k: v for k, v in kwargs.items() if v is not None})
-        return self.chat_templates.render(req)
+                            **kwargs: Any) -> RenderedChat:
+        """Render messages with the model's template (ChatInput's other fields as keywords:
+        response_format, json_schema, grammar, chat_template_kwargs, reasoning_format, ...)."""
+        return self.frontend.render(ChatInput(messages=messages, tools=tools or None, tool_choice=tool_choice,
+                                              add_generation_prompt=add_generation_prompt, **kwargs))
 
     def create_chat_completion(
         self,
@@ -405,22 +377,22 @@ class Llama:
         tools: Optional[List[Dict[str, Any]]] = None,
         tool_choice: Any = None,
         parallel_tool_calls: Optional[bool] = None,
-        temperature: float = 0.2,
-        top_p: float = 0.95,
-        top_k: int = 40,
-        min_p: float = 0.05,
-        typical_p: float = 1.0,
+        temperature: Optional[float] = CHAT_TEMPERATURE,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        min_p: Optional[float] = None,
+        typical_p: Optional[float] = None,
         stream: bool = False,
         stop: Optional[Union[str, List[str]]] = None,
         seed: Optional[int] = None,
         response_format: Optional[Dict[str, Any]] = None,
         max_tokens: Optional[int] = None,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        mirostat_mode: int = 0,
-        mirostat_tau: float = 5.0,
-        mirostat_eta: float = 0.1,
+        presence_penalty: Optional[float] = None,
+        frequency_penalty: Optional[float] = None,
+        repeat_penalty: Optional[float] = None,
+        mirostat_mode: Optional[int] = None,
+        mirostat_tau: Optional[float] = None,
+        mirostat_eta: Optional[float] = None,
         model: Optional[str] = None,
         logit_bias: Optional[Dict[Any, float]] = None,
         logprobs: Optional[bool] = None,
@@ -439,61 +411,41 @@ class Llama:
         forced and the answer follows; 0 ends the reasoning at once, None or -1 leaves it unlimited
         (llama-server's ``--reasoning-budget`` / ``reasoning_budget_tokens``). It has no effect with a
         template that has no thinking tags."""
-        json_schema = json_schema_from_response_format(response_format)
-        if json_schema is not None and grammar:
-            raise ValueError("use either grammar or response_format, not both")
-        rendered = self.apply_chat_template(
-            messages, tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
-            json_schema=json_schema, grammar=grammar, chat_template_kwargs=chat_template_kwargs,
-            reasoning_format=reasoning_format)
-        extra = sampling_extras(rendered, self._model.vocab)
-        extra.update(chat_reasoning_extras(rendered, self._model.vocab,
-                                           budget=-1 if reasoning_budget is None else reasoning_budget,
-                                           message=reasoning_budget_message or ""))
-        sampling = self._sampling(temperature, top_p, min_p, typical_p, top_k, frequency_penalty,
-                                  presence_penalty, repeat_penalty, mirostat_mode, mirostat_tau,
-                                  mirostat_eta, seed, extra.pop("grammar", None), logit_bias, **extra)
-        stops = chat_stops(stop, rendered)
-        tokens = self._prompt_tokens(rendered["prompt"], add_special=True, parse_special=True)
-        it = self._chat_chunks(tokens, rendered, sampling, max_tokens, stops, model or self.model_path,
-                               ignore_eos, top_logprobs if logprobs else None)
+        chat = ChatInput(messages=messages, tools=tools or None, tool_choice=tool_choice,
+                         parallel_tool_calls=parallel_tool_calls, response_format=response_format, grammar=grammar,
+                         chat_template_kwargs=chat_template_kwargs, reasoning_format=reasoning_format)
+        options = self._options(temperature, top_p, min_p, typical_p, top_k, frequency_penalty, presence_penalty,
+                                repeat_penalty, mirostat_mode, mirostat_tau, mirostat_eta, seed, logit_bias,
+                                ignore_eos, reasoning_budget_tokens=reasoning_budget,
+                                reasoning_budget_message=reasoning_budget_message)
+        n_lp = ((top_logprobs or -1) if top_logprobs is not None else 0) if logprobs else 0
+        prepared = self.frontend.chat(chat, options, max_tokens=max_tokens, stop=stop, n_probs=max(n_lp, 0),
+                                      logprobs=n_lp != 0)
+        it = self._chat_chunks(prepared.requests[0], prepared.rendered, model or self.model_path)
         if stream:
             return it
-        return collect_chat(it)
+        return fmt.collect_chat(it)
 
-    def _chat_chunks(self, tokens: List[int], rendered: Dict[str, Any], sampling: SamplingParams,
-                     max_tokens: Optional[int], stops: List[str], model: str, ignore_eos: bool,
-                     top_logprobs: Optional[int]) -> Iterator[Dict[str, Any]]:
-        cid = new_id("chatcmpl")
-        created = int(time.time())
-        parser = ChatDeltaParser(rendered.get("syntax"))
+    def _chat_chunks(self, request: Request, rendered: RenderedChat, model: str) -> Iterator[Dict[str, Any]]:
+        cid, created = new_id("chatcmpl"), fmt.now()
+        parser = ChatDeltaParser(rendered.syntax)
         vocab = self._model.vocab
         text_so_far: List[str] = []
 
-        def chunk(delta: Dict[str, Any], finish: Optional[str] = None, lp: Any = None) -> Dict[str, Any]:
-            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
-
-        yield chunk({"role": "assistant", "content": None})
-        n_lp = (top_logprobs or -1) if top_logprobs is not None else 0
+        yield fmt.chat_chunk(cid, created, model, 0, {"role": "assistant", "content": None})
         final = None
-        for o in self._generate(tokens, sampling, max_tokens, stops, ignore_eos, n_lp):
+        for o in self._generate(request):
             text_so_far.append(o.text)
-            lp = None
-            if top_logprobs is not None and o.logprobs:
-                lp = {"content": [token_logprob_entry(vocab, t.token, t.logprob, t.top) for t in o.logprobs]}
+            lp = fmt.chat_logprobs(vocab, o.logprobs) if request.logprobs else None
             for delta in parser.feed("".join(text_so_far), partial=not o.finished):
-                yield chunk(delta, None, lp)
+                yield fmt.chat_chunk(cid, created, model, 0, delta, None, lp)
                 lp = None
             if lp is not None:
-                yield chunk({}, None, lp)
+                yield fmt.chat_chunk(cid, created, model, 0, {}, None, lp)
             if o.finished:
                 final = o
         assert final is not None
-        finish = final.finish_reason
-        if parser.n_calls and finish == "stop":
-            finish = "tool_calls"
-        last = chunk({}, finish)
+        last = fmt.chat_chunk(cid, created, model, 0, {}, fmt.chat_finish_reason(final.finish_reason, parser.n_calls))
         last["usage"] = final.usage
         last["timings"] = final.timings
         yield last

@@ -184,7 +184,6 @@ class SamplingParams:
     grammar_trigger_patterns: Tuple[str, ...] = ()
     grammar_trigger_tokens: Tuple[int, ...] = ()
     grammar_prefill: Tuple[int, ...] = ()   # tokens the grammar accepts before sampling starts
-    n_probs: int = 0
     # reasoning budget (llama.cpp's common/reasoning-budget.h, llama-server's --reasoning-budget):
     # at most ``reasoning_budget_tokens`` tokens between a start and an end sequence, then
     # ``reasoning_budget_message`` + the first end sequence are forced. -1 = unlimited.
@@ -209,7 +208,6 @@ class SamplingParams:
         _check(self.dry_penalty_last_n >= -1, "dry_penalty_last_n must be >= -1")
         _check(self.dry_allowed_length >= 0, "dry_allowed_length must be >= 0")
         _check(self.min_keep >= 0, "min_keep must be >= 0")
-        _check(self.n_probs >= 0, "n_probs must be >= 0")
         _check(0 <= int(self.seed) <= 0xFFFFFFFF or self.seed == -1, "seed must be a 32-bit unsigned value or -1")
         if self.seed == -1:
             object.__setattr__(self, "seed", DEFAULT_SEED)

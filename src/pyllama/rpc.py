@@ -34,6 +34,12 @@ def parse_endpoints(servers: Union[str, Iterable[str]]) -> Tuple[str, ...]:
     return tuple(out)
 
 
+def supported() -> bool:
+    """Whether this build has ggml's RPC backend (GGML_RPC)."""
+    from . import _core
+    return bool(_core.supports_rpc())
+
+
 def check_reachable(endpoint: str, timeout: float = 5.0) -> None:
     """Raise RPCError if nothing accepts TCP connections at ``endpoint``. (llama.cpp aborts on an
     unreachable server; this gives the reason first.)"""
@@ -63,18 +69,13 @@ def add_servers(endpoints: Union[str, Iterable[str]], timeout: float = 5.0) -> L
 def model_devices(devices: Optional[Sequence[str]],
                   rpc_servers: Optional[Sequence[str]]) -> Optional[Tuple[str, ...]]:
     """The devices a model loads onto. Explicit ``devices`` win. With ``rpc_servers``: those
-    servers' devices first, then the local GPUs (llama.cpp's default order). Without them, RPC
-    devices that another model registered in this process are left out. None = llama.cpp's own
-    default (no RPC device is registered)."""
+    servers' devices first, then the local GPUs (llama.cpp's default order). Without them: None,
+    _core.Model's default (llama.cpp's, less the RPC devices another model registered)."""
     from . import _core
 
     rpc_names = add_servers(rpc_servers) if rpc_servers else []
     if devices is not None:
         return tuple(devices)
-    known = _core.list_devices(memory=False)
-    if not rpc_names and not any(d["backend"] == "RPC" for d in known):
+    if not rpc_names:
         return None
-    local = [d for d in known if d["backend"] != "RPC"]
-    gpus = [d["name"] for d in local if d["type"] == "gpu"]
-    igpus = [d["name"] for d in local if d["type"] == "igpu"]
-    return tuple(rpc_names + (gpus or igpus))
+    return tuple(rpc_names) + tuple(_core.local_devices())

@@ -43,10 +43,10 @@ def test_from_pretrained_without_hub(monkeypatch):
 def test_chat_format_override_and_fallback(tiny_model_path):
     # the llama-spm test model has no template: chatml is the fallback
     with pyllama.Llama(tiny_model_path, n_ctx=256) as llm:
-        p = llm.apply_chat_template([{"role": "user", "content": "hi"}])["prompt"]
+        p = llm.apply_chat_template([{"role": "user", "content": "hi"}]).prompt
         assert "<|im_start|>user\nhi<|im_end|>" in p
     with pyllama.Llama(tiny_model_path, n_ctx=256, chat_format="llama3") as llm:
-        p = llm.apply_chat_template([{"role": "user", "content": "hi"}])["prompt"]
+        p = llm.apply_chat_template([{"role": "user", "content": "hi"}]).prompt
         assert "<|start_header_id|>user<|end_header_id|>" in p
         r = llm.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=4)
         assert r["choices"][0]["message"]["role"] == "assistant"

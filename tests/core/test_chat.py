@@ -347,7 +347,7 @@ def _stream_text(chunks, key="content"):
 
 def test_chat_completion_shape_usage_and_streaming(chat_llm):
     rendered = chat_llm.apply_chat_template(PLAIN_MESSAGES)
-    n_prompt = len(chat_llm.tokenize(rendered["prompt"], special=True))
+    n_prompt = len(chat_llm.tokenize(rendered.prompt, special=True))
 
     chat_llm.reset()
     res = chat_llm.create_chat_completion(PLAIN_MESSAGES, max_tokens=N_GEN, temperature=0, seed=11)
@@ -371,9 +371,9 @@ def test_chat_completion_shape_usage_and_streaming(chat_llm):
     assert usage["prompt_tokens_details"]["cached_tokens"] == 0  # after reset()
 
     # the same text as a raw completion of the rendered prompt, parsed with the template's parser
-    raw = chat_llm.create_completion(rendered["prompt"], max_tokens=N_GEN, temperature=0, seed=11)
+    raw = chat_llm.create_completion(rendered.prompt, max_tokens=N_GEN, temperature=0, seed=11)
     assert raw["usage"]["prompt_tokens"] == n_prompt
-    assert pyllama.chat_parse(raw["choices"][0]["text"], rendered["syntax"])["content"] == content
+    assert pyllama.chat_parse(raw["choices"][0]["text"], rendered.syntax)["content"] == content
 
     # streaming, with the prompt cached, and again after a reset: identical greedy text
     for reset in (False, True):
@@ -436,9 +436,9 @@ def _check_json_content(content, finish_reason):
 
 def test_response_format_json_schema_grammar_is_eager(chat_llm):
     rendered = chat_llm.apply_chat_template(JSON_MESSAGES, json_schema=SHORT_SCHEMA)
-    assert "root ::=" in rendered["grammar"]
-    assert '\\"ok\\"' in rendered["grammar"]
-    assert rendered["grammar_lazy"] is False
+    assert "root ::=" in rendered.grammar
+    assert '\\"ok\\"' in rendered.grammar
+    assert rendered.grammar_lazy is False
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -469,14 +469,14 @@ def test_apply_chat_template_with_tools(chat_llm):
     msgs = [{"role": "user", "content": USER_2}]
     with_tools = chat_llm.apply_chat_template(msgs, tools=TOOLS)
     without = chat_llm.apply_chat_template(msgs)
-    assert '"name": "get_weather"' in with_tools["prompt"]
-    assert "get_weather" not in without["prompt"]
-    assert USER_2 in with_tools["prompt"] and USER_2 in without["prompt"]
-    assert with_tools["prompt"].endswith(with_tools["generation_prompt"])
+    assert '"name": "get_weather"' in with_tools.prompt
+    assert "get_weather" not in without.prompt
+    assert USER_2 in with_tools.prompt and USER_2 in without.prompt
+    assert with_tools.prompt.endswith(with_tools.generation_prompt)
     # tools with tool_choice auto: a lazy grammar, triggered by the <tool_call> tag
-    assert with_tools["grammar"] and with_tools["grammar_lazy"]
-    assert any("<tool_call>" in t["value"] for t in with_tools["grammar_triggers"])
-    assert not without["grammar"]
+    assert with_tools.grammar and with_tools.grammar_lazy
+    assert any("<tool_call>" in t["value"] for t in with_tools.grammar_triggers)
+    assert not without.grammar
     # the model's own template is the one in the GGUF
     assert "<tool_call>" in chat_llm.chat_templates.source()
     assert chat_llm.chat_templates.caps["supports_tool_calls"]

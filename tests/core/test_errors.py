@@ -27,7 +27,7 @@ def test_bad_context_params(kw):
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=float("nan")), dict(repeat_penalty=0), dict(mirostat=3),
-                                dict(top_p=float("inf")), dict(n_probs=-1), dict(seed=2**40),
+                                dict(top_p=float("inf")), dict(seed=2**40),
                                 dict(samplers=("top_k", "bogus"))])
 def test_bad_sampling_params(kw):
     with pytest.raises(ValueError):

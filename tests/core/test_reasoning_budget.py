@@ -14,7 +14,7 @@ import pytest
 
 import pyllama
 from pyllama import _core
-from pyllama.chat import chat_reasoning_extras, sampling_extras
+from pyllama.frontend.chat import RenderedChat, chat_reasoning_sampling, grammar_sampling
 from pyllama.params import SamplingParams
 
 HI = [{"role": "user", "content": "Hi!"}]
@@ -58,7 +58,9 @@ def utf8_complete(b: bytes) -> bool:
 
 
 def budget_sampler(model, rendered: Dict[str, Any], budget: int, **kw: Any) -> "_core.Sampler":
-    extra = chat_reasoning_extras(rendered, model.vocab, budget=budget, **kw)
+    if isinstance(rendered, dict):     # a raw _core.ChatTemplates.render() answer
+        rendered = RenderedChat.from_shim(rendered)
+    extra = chat_reasoning_sampling(rendered, model.vocab, budget=budget, **kw)
     return _core.Sampler(model, SamplingParams(temperature=0, **extra))
 
 
@@ -92,8 +94,8 @@ def test_template_tags_and_initial_state(think_llm, self_model):
     m = think_llm.model
     on = think_llm.apply_chat_template(HI)
     off = think_llm.apply_chat_template(HI, chat_template_kwargs={"enable_thinking": False})
-    assert on["thinking_start_tag"] == "<think>" and "</think>" in on["thinking_end_tags"]
-    assert on["generation_prompt"].endswith("<think>\n")
+    assert on.thinking_start_tag == "<think>" and "</think>" in on.thinking_end_tags
+    assert on.generation_prompt.endswith("<think>\n")
     # the generation prompt opens <think>: the reply starts inside the reasoning
     assert budget_sampler(m, on, 5).reasoning_budget_state == "counting"
     # thinking disabled: the prompt closes the block itself
@@ -116,7 +118,7 @@ def test_sampler_only_when_needed(think_llm):
     # reasoning control keeps it, with an unlimited budget
     assert budget_sampler(m, on, -1, control=True).reasoning_budget_state == "counting"
     # a template without thinking tags: nothing to do
-    assert chat_reasoning_extras({"thinking_end_tags": [], "generation_prompt": "x"}, m.vocab, budget=3) == {}
+    assert chat_reasoning_sampling(RenderedChat(prompt="", generation_prompt="x"), m.vocab, budget=3) == {}
 
 
 def test_state_follows_generated_tokens(self_model):
@@ -166,7 +168,7 @@ def chat(llm, **kw: Any) -> Dict[str, Any]:
 
 def forced_pieces(llm, message: str = "") -> List[bytes]:
     v = llm.model.vocab
-    end = llm.apply_chat_template(HI)["thinking_end_tags"][0]
+    end = llm.apply_chat_template(HI).thinking_end_tags[0]
     return pieces(v, (toks(v, message) if message else []) + toks(v, end))
 
 
@@ -232,7 +234,7 @@ def test_bad_budget_raises(think_llm, bad):
 def test_no_thinking_tags_no_budget(chat_llm):
     """A template without thinking tags (Qwen 2.5): the budget changes nothing."""
     rendered = chat_llm.apply_chat_template(HI)
-    assert rendered["thinking_end_tags"] == [] and sampling_extras(rendered, chat_llm.model.vocab) == {}
+    assert rendered.thinking_end_tags == () and grammar_sampling(rendered, chat_llm.model.vocab) == {}
     a = chat_llm.create_chat_completion(HI, temperature=0, max_tokens=8)
     b = chat_llm.create_chat_completion(HI, temperature=0, max_tokens=8, reasoning_budget=0)
     assert a["choices"][0]["message"] == b["choices"][0]["message"]

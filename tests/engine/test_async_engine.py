@@ -162,6 +162,41 @@ def test_limits_and_errors_keep_the_engine_serving(tiny_model):
     assert ok[2].usage["completion_tokens"] == 3
 
 
+def test_an_exception_in_one_requests_sampling_fails_only_that_request(tiny_model):
+    ps = prompts(tiny_model, 2)
+
+    async def main():
+        e = make_engine(tiny_model, n_parallel=2)
+        e.start()
+        try:
+            ref = await collect(e, Request(prompt=ps[1], sampling=GREEDY, max_tokens=8, ignore_eos=True))
+            victim = Request(prompt=ps[0], sampling=GREEDY, max_tokens=8, ignore_eos=True)
+            runner = e.core.runner
+            real_sample = runner.sample
+
+            def sample(smp, row):
+                if smp is e.core._samplers.get(victim.id):
+                    raise RuntimeError("a bug in this request's sampling")
+                return real_sample(smp, row)
+
+            runner.sample = sample
+            try:
+                res = await asyncio.gather(collect(e, victim), collect(e, Request(prompt=ps[1], sampling=GREEDY,
+                                                                                   max_tokens=8, ignore_eos=True)),
+                                           return_exceptions=True)
+            finally:
+                runner.sample = real_sample
+            m = await e.metrics()
+        finally:
+            await e.stop()
+        return ref, res, m
+
+    ref, (bad, good), m = run(main())
+    assert isinstance(bad, RuntimeError)        # failed before any output: raised from the stream
+    assert good[1] == ref[1] and good[2].finish_reason == "length"
+    assert m["n_requests_failed"] == 1
+
+
 def test_kv_full_fails_only_what_cannot_fit(tiny_model):
     v = tiny_model.vocab
     # 4 slots sharing a 256-cell unified cache, each wanting ~40 + 150 tokens: it must run out
@@ -279,12 +314,15 @@ def test_slot_save_restore_erase(tiny_model, tmp_path):
                 await e.restore_slot(0, str(tmp_path / "missing.bin"))
             with pytest.raises(ValueError):
                 await e.erase_slot(9)
+            assert e.n_ctx_slot == 256 and e.can_shift and e.fatal_error is None
         finally:
             await e.stop()
         return a, saved, erased, restored, b, slots
 
     a, saved, erased, restored, b, slots = run(main())
-    assert saved["n_saved"] == erased["n_erased"] == restored["n_restored"] > len(p)
+    assert saved.n_saved == erased.n_erased == restored.n_restored > len(p)
+    assert saved.id_slot == erased.id_slot == 0 and restored.id_slot == 1
+    assert saved.n_written == restored.n_read == (tmp_path / "s0.bin").stat().st_size
     assert b[2].usage["prompt_tokens_details"]["cached_tokens"] == len(p) - 1
     assert a[1] == b[1]
     assert slots[0]["n_cached"] == 0 and slots[1]["n_cached"] > len(p)

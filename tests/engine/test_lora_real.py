@@ -49,7 +49,7 @@ def test_request_scales_match_the_adapter_applied_to_the_context(tiny_model, lor
         e = make_engine(tiny_model, n_parallel=3)
         e.start()
         try:
-            await e.call(lambda core: core.runner.set_loras([lora], (1.0,)))
+            await e.set_loras([lora], (1.0,))
             got = {
                 "default": (await e.complete(req(P))).token_ids,           # lora None: the default (1.0)
                 0.0: (await e.complete(req(P, lora=(0.0,)))).token_ids,
@@ -60,7 +60,7 @@ def test_request_scales_match_the_adapter_applied_to_the_context(tiny_model, lor
             outs = await asyncio.gather(e.complete(req(P, lora=(0.0,))), e.complete(req(Q, lora=(1.0,))),
                                         e.complete(req(Q, lora=(0.5,))))
             m1 = await e.metrics()
-            await e.call(lambda core: core.runner.set_lora_default((0.0,)))
+            await e.set_lora_scales((0.0,))
             got["default after change"] = (await e.complete(req(P))).token_ids
         finally:
             await e.stop()

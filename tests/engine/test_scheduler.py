@@ -1,20 +1,23 @@
 """EngineCore + Scheduler against a deterministic fake runner (no llama model: fast).
 
 The fake runner models the KV cache of every sequence (positions and tokens), applies the
-engine's memory ops to it, and checks on every decode that the engine's view of a slot
-(``slot.cache``) matches what the "KV cache" really holds and that positions are contiguous.
+engine's memory ops to it (recording each in ``ops``), and checks on every call that every saved
+prompt-cache entry holds the state of its tokens and, on every decode, that the engine's view of a
+slot (``slot.cache``) matches what the "KV cache" really holds and that positions are contiguous.
 Sampling is a pure function of the sequence's KV contents (like a real greedy model), so the
 expected tokens of a request can be computed independently of the engine (``reference``).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+import os
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import dataclasses
 import pytest
 
-from pyllama import ContextLimitError, DecodeError, KVCacheFullError, StateError
-from pyllama.engine import EngineCore, MemOp, Request, RequestKind, RequestOutput, TokenLogprob
+from pyllama import ContextLimitError, DecodeError, KVCacheFullError, PyllamaError, StateError
+from pyllama.engine import (EngineCore, Request, RequestKind, RequestOutput, SeqRm, SeqShift, SlotErased, SlotRestored,
+                            SlotSaved, TokenLogprob)
 
 EOG = 2
 UTF8_HEAD, UTF8_TAIL = 200, 201       # the two bytes of "é", one per token
@@ -65,6 +68,13 @@ class Rec(NamedTuple):
     prefill: bool
 
 
+class CacheOp(NamedTuple):
+    """A prompt-cache save or load the fake runner did: the tokens of the sequence's state."""
+    op: str             # "save" / "load"
+    seq: int
+    tokens: tuple
+
+
 class FakeSampler:
     def __init__(self, request: Request, script: Sequence[int]):
         self.request = request
@@ -91,7 +101,7 @@ class FakeRunner:
         self.kv: Dict[int, List[List[int]]] = {i: [] for i in range(n_slots)}   # seq -> [[pos, tok], ...]
         self.attempts: List[List[Rec]] = []    # every decode call
         self.batches: List[List[Rec]] = []     # the successful ones
-        self.ops: List[MemOp] = []
+        self.ops: List[Union[SeqRm, SeqShift, CacheOp]] = []   # every memory op, in order
         self.rows: List[tuple] = []
         self.live_samplers: set = set()
         self.n_new_sampler = 0
@@ -104,6 +114,9 @@ class FakeRunner:
         self.fail_load = False
         self.fail_save: Optional[BaseException] = None
         self.kv_unified = kv_unified
+        self.prompt_cache = None            # the core's (make() sets it): its entries are checked
+        self.fail_sample: Dict[str, BaseException] = {}     # request id -> raised by sample()
+        self.fail_embedding: Dict[str, BaseException] = {}  # request id -> raised by embedding()
 
     # -- vocab --
     def piece(self, token: int) -> bytes:
@@ -124,39 +137,89 @@ class FakeRunner:
         self.live_samplers.discard(id(sampler))
         self.n_free_sampler += 1
 
+    # -- LoRA --
+    def set_loras(self, adapters, default) -> None:
+        assert len(adapters) == len(default)
+        self.loras, self.lora_default = list(adapters), tuple(default)
+
+    def set_lora_scales(self, scales) -> None:
+        assert len(scales) == len(self.loras)
+        self.lora_default = tuple(scales)
+
     # -- memory --
-    def apply(self, op: MemOp) -> None:
-        self.ops.append(op)
-        kv = self.kv[op.seq]
-        lo = 0 if op.p0 < 0 else op.p0
-        hi = float("inf") if op.p1 < 0 else op.p1
-        if op.op == "rm":
-            kv[:] = [e for e in kv if not (lo <= e[0] < hi)]
-        elif op.op == "shift":
-            assert self.can_shift, "a shift on a memory that cannot shift"
-            for e in kv:
-                if lo <= e[0] < hi:
-                    e[0] += op.delta
-            kv.sort()
-        elif op.op == "save":
-            assert op.entry is not None and op.entry.data is None
-            assert list(op.entry.tokens) == self.kv_tokens(op.seq), "saved tokens != KV"
-            assert op.entry.tokens, "an empty sequence saved"
-            if self.fail_save is not None:
-                raise self.fail_save
-            data = repr([list(e) for e in kv]).encode()
-            op.entry.data, op.entry.size = data, len(data)
-            self.n_saves += 1
-        elif op.op == "load":
-            assert op.entry is not None and op.entry.data is not None, "load of an entry without data"
-            data, op.entry.data = op.entry.data, None
-            if self.fail_load:
-                raise StateError("fake load failure")
-            kv[:] = eval(data.decode())      # noqa: S307 - our own repr
-            self.seq_lora[op.seq] = op.entry.lora
-            self.n_loads += 1
-        else:
-            raise AssertionError(f"unknown op {op.op}")
+    @staticmethod
+    def state(data: bytes):
+        """(kv, lora) of a save_seq state."""
+        return eval(data.decode())      # noqa: S307 - our own repr
+
+    def check_cache(self) -> None:
+        """Every prompt-cache entry with data holds the state of exactly its tokens and LoRA scales."""
+        for e in self.prompt_cache.entries if self.prompt_cache is not None else ():
+            if e.data is not None:
+                kv, lora = self.state(e.data)
+                assert [t for _, t in kv] == list(e.tokens), "saved tokens != KV"
+                assert lora == e.lora, "saved LoRA scales != the KV's"
+                assert e.size == len(e.data)
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        self.check_cache()
+        self.ops.append(SeqRm(seq, p0, p1))
+        lo = 0 if p0 < 0 else p0
+        hi = float("inf") if p1 < 0 else p1
+        self.kv[seq][:] = [e for e in self.kv[seq] if not (lo <= e[0] < hi)]
+
+    def seq_shift(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        self.check_cache()
+        self.ops.append(SeqShift(seq, p0, p1, delta))
+        assert self.can_shift, "a shift on a memory that cannot shift"
+        lo = 0 if p0 < 0 else p0
+        hi = float("inf") if p1 < 0 else p1
+        kv = self.kv[seq]
+        for e in kv:
+            if lo <= e[0] < hi:
+                e[0] += delta
+        kv.sort()
+
+    def save_seq(self, seq: int) -> bytes:
+        self.check_cache()
+        self.ops.append(CacheOp("save", seq, tuple(self.kv_tokens(seq))))
+        assert self.kv[seq], "an empty sequence saved"
+        if self.fail_save is not None:
+            raise self.fail_save
+        self.n_saves += 1
+        return repr(([list(e) for e in self.kv[seq]], self.seq_lora.get(seq))).encode()
+
+    def load_seq(self, seq: int, data: bytes) -> None:
+        self.check_cache()
+        assert isinstance(data, bytes) and data, "load of an entry without data"
+        kv = self.kv[seq]
+        kv[:] = []
+        if self.fail_load:
+            self.ops.append(CacheOp("load", seq, ()))
+            raise StateError("fake load failure")
+        kv[:], self.seq_lora[seq] = self.state(data)
+        self.ops.append(CacheOp("load", seq, tuple(self.kv_tokens(seq))))
+        self.n_loads += 1
+
+    def save_seq_file(self, seq: int, path: str, tokens) -> int:
+        assert list(tokens) == self.kv_tokens(seq), "saved tokens != KV"
+        data = repr((list(tokens), [list(e) for e in self.kv[seq]], self.seq_lora.get(seq))).encode()
+        with open(path, "wb") as f:
+            f.write(data)
+        return len(data)
+
+    def load_seq_file(self, seq: int, path: str, n_max: int) -> Tuple[List[int], int]:
+        self.kv[seq][:] = [[0, 99]]     # as if half-loaded: the core must clear it on failure
+        if not os.path.isfile(path):
+            raise StateError(f"no such state file: {path}")
+        with open(path, "rb") as f:
+            data = f.read()
+        tokens, kv, lora = eval(data.decode())      # noqa: S307 - our own repr
+        if len(tokens) > n_max:
+            raise StateError("too many tokens")
+        self.kv[seq][:] = kv
+        self.seq_lora[seq] = lora
+        return tokens, len(data)
 
     def kv_tokens(self, seq: int) -> List[int]:
         return [t for _, t in self.kv[seq]]
@@ -165,6 +228,7 @@ class FakeRunner:
     def decode(self, items) -> List[int]:
         rec = [Rec(it.slot.id, tuple(it.tokens), it.pos0, it.logits, it.state.id, it.prefill) for it in items]
         self.attempts.append(rec)
+        self.check_cache()
         # llama.cpp applies LoRA adapters per context: one configuration per decode
         lora = items[0].state.request.lora
         assert all(it.state.request.lora == lora for it in items), "two LoRA configurations in one batch"
@@ -203,6 +267,8 @@ class FakeRunner:
     def sample(self, sampler: FakeSampler, row: int) -> int:
         assert 0 <= row < len(self.rows), f"no logits at row {row}"
         _, ctx, lora = self.rows[row]
+        if sampler.request.id in self.fail_sample:
+            raise self.fail_sample[sampler.request.id]
         if sampler.script:
             return sampler.script.pop(0)
         return next_token(ctx, lora)
@@ -220,6 +286,8 @@ class FakeRunner:
     def embedding(self, item, row: int, pooled: bool):
         ctx = self.kv_tokens(item.slot.id)
         self.embedding_calls.append((item.state.id, row, pooled, tuple(item.tokens)))
+        if item.state.id in self.fail_embedding:
+            raise self.fail_embedding[item.state.id]
         if pooled:
             return [float(len(ctx)), float(sum(ctx))]
         return [[float(t)] for t in ctx]
@@ -231,7 +299,9 @@ def make(**kw):
     core_kw = {k: kw.pop(k) for k in ("context_shift", "n_keep", "cache_ram_mib", "cache_ram_tokens",
                                       "cache_idle_slots", "slot_prompt_similarity") if k in kw}
     r = FakeRunner(**kw)
-    return EngineCore(r, **core_kw), r
+    core = EngineCore(r, **core_kw)
+    r.prompt_cache = core.scheduler.prompt_cache
+    return core, r
 
 
 def gen(prompt, rid, **kw) -> Request:
@@ -272,6 +342,7 @@ def check_no_leaks(core: EngineCore, r: FakeRunner):
     assert not core.has_work()
     assert r.n_new_sampler == r.n_free_sampler and not r.live_samplers
     assert not core._samplers
+    r.check_cache()
 
 
 P1 = (1, 5, 6, 7, 8, 9)
@@ -299,7 +370,7 @@ def test_single_request_matches_reference_and_reports_usage():
     assert r.batches[0] == [Rec(0, P1, 0, True, "a", True)]
     assert [b[0].tokens for b in r.batches[1:]] == [(t,) for t in exp[:-1]]
     assert [b[0].pos0 for b in r.batches[1:]] == [6, 7, 8, 9]
-    assert r.ops == [MemOp("rm", 0, 0, -1)]
+    assert r.ops == [SeqRm(0, 0, -1)]
     check_no_leaks(core, r)
 
 
@@ -368,7 +439,7 @@ def test_prefix_reuse_goes_to_matching_slot_and_decodes_only_new_part():
     rb = run(core)["b"]
     assert rb.final.id_slot == 0
     assert r.batches[nb] == [Rec(0, (40, 41, 42), 4, True, "b", True)]
-    assert r.ops[n_ops:] == [MemOp("rm", 0, 4, -1)]
+    assert r.ops[n_ops:] == [SeqRm(0, 4, -1)]
     assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == 4
     assert rb.final.timings["cache_n"] == 4 and rb.final.timings["prompt_n"] == 3
     assert rb.tokens == reference(pb, 3)        # the reused KV gives the same result
@@ -411,7 +482,7 @@ def test_cache_prompt_false_decodes_everything():
     n_ops, nb = len(r.ops), len(r.batches)
     core.add(gen(P1, "b", max_tokens=3, cache_prompt=False))
     rb = run(core)["b"]
-    assert r.ops[n_ops:] == [MemOp("rm", 0, 0, -1)]
+    assert r.ops[n_ops:] == [SeqRm(0, 0, -1)]
     assert r.batches[nb] == [Rec(0, P1, 0, True, "b", True)]
     assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
     assert rb.final.timings["prompt_n"] == len(P1)
@@ -572,7 +643,7 @@ def test_context_full_finishes_with_length():
     assert res.tokens == reference(p, 8 - 5 + 1)            # the slot ends full (8 positions)
     assert len(core.scheduler.slots[0].cache) == 8
     assert max(x.pos0 + len(x.tokens) for b in r.batches for x in b) == 8
-    assert not [op for op in r.ops if op.op == "shift"]
+    assert not [op for op in r.ops if isinstance(op, SeqShift)]
 
 
 def test_context_shift_continues_with_rm_and_shift_ops():
@@ -582,12 +653,12 @@ def test_context_shift_continues_with_rm_and_shift_ops():
     res = run(core)["a"]
     assert res.final.finish_reason == "length"
     assert len(res.tokens) == 12
-    shifts = [(i, op) for i, op in enumerate(r.ops) if op.op == "shift"]
+    shifts = [(i, op) for i, op in enumerate(r.ops) if isinstance(op, SeqShift)]
     assert shifts
     i, op = shifts[0]
     # full at 8 tokens: keep 1, discard (8 - 1) // 2 = 3
-    assert r.ops[i - 1] == MemOp("rm", 0, 1, 4)
-    assert op == MemOp("shift", 0, 4, -1, -3)
+    assert r.ops[i - 1] == SeqRm(0, 1, 4)
+    assert op == SeqShift(0, 4, -1, -3)
     # expected tokens: the same fake model over a context that drops the same tokens
     ctx, exp = list(p), []
     while len(exp) < 12:
@@ -609,7 +680,7 @@ def test_context_shift_is_skipped_when_the_memory_cannot_shift():
     res = run(core)["a"]
     assert res.final.finish_reason == "length"
     assert res.tokens == reference(p, 8 - 5 + 1)
-    assert not [op for op in r.ops if op.op == "shift"]
+    assert not [op for op in r.ops if isinstance(op, SeqShift)]
 
 
 # ---------------------------------------------------------------------------- abort
@@ -708,7 +779,7 @@ def test_kv_full_on_a_single_token_fails_only_that_request():
     assert not items_of(r.batches, "b")
     # the batch was halved down to b's first prompt token alone before b was failed
     assert [b for b in r.attempts if any(x.rid == "b" for x in b)][-1] == [Rec(1, P2[:1], 0, False, "b", True)]
-    assert MemOp("rm", 1, 0, -1) in r.ops[3:]
+    assert SeqRm(1, 0, -1) in r.ops[3:]
     assert core.scheduler.slots[1].cache == []
     for q in (reqs[0], reqs[2]):
         assert res[q.id].final.finish_reason == "length"
@@ -752,7 +823,7 @@ def test_decode_error_fails_the_batch_later_requests_work():
     assert [(x.rid, x.prefill) for x in r.attempts[1]] == [("a", False), ("b", True)]
     assert res["a"].tokens == reference(P1, 1) and res["b"].tokens == []
     assert res["a"].final.usage["completion_tokens"] == 1
-    assert r.ops[2:4] == [MemOp("rm", 0, 0, -1), MemOp("rm", 1, 0, -1)]   # after the 2 admissions
+    assert r.ops[2:4] == [SeqRm(0, 0, -1), SeqRm(1, 0, -1)]   # after the 2 admissions
     assert res["c"].final.finish_reason == "length"
     assert res["c"].tokens == reference(P3, 4)
     # a request reusing a failed slot works too (the fake checks its KV is consistent)
@@ -826,6 +897,13 @@ def test_metrics_add_up():
     assert m["n_busy_slots_per_decode"] == pytest.approx(m["n_busy_slots_total"] / m["n_decode_total"])
     assert m["requests_processing"] == 0 and m["requests_deferred"] == 0
     assert res["d"].final.usage["prompt_tokens_details"]["cached_tokens"] > 0    # d reused a's prefix
+    assert m["n_tokens_max"] == max(x.pos0 + len(x.tokens) for b in r.batches for x in b)    # the longest slot
+    assert m["t_decode_total"] > 0 and m["t_step_python_total"] > 0 and m["python_ms_per_step"] > 0
+    assert list(m) == [     # the server's /metrics reads these
+        "n_prompt_tokens_processed_total", "t_prompt_processing_total", "n_tokens_predicted_total",
+        "t_tokens_generation_total", "n_decode_total", "n_busy_slots_total", "n_tokens_max", "n_requests_total",
+        "n_requests_failed", "t_step_python_total", "t_decode_total", "requests_processing", "requests_deferred",
+        "n_busy_slots_per_decode", "prompt_cache", "python_ms_per_step"]
 
 
 def test_logprobs_requested():
@@ -889,7 +967,7 @@ def test_embedding_request():
     n_ops = len(r.ops)
     core.add(gen(p, "g", max_tokens=2, id_slot=0))
     g = run(core)["g"]
-    assert r.ops[n_ops] == MemOp("rm", 0, 0, -1)
+    assert r.ops[n_ops] == SeqRm(0, 0, -1)
     assert g.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
     assert g.tokens == reference(p, 2)
 
@@ -973,8 +1051,7 @@ PB = tuple(range(300, 310))     # 10 tokens, nothing in common with PA
 
 
 def cache_ops(r: FakeRunner, since: int = 0):
-    return [(op.op, op.seq, len(op.entry.tokens) if op.entry is not None else None)
-            for op in r.ops[since:] if op.op in ("save", "load")]
+    return [(op.op, op.seq, len(op.tokens)) for op in r.ops[since:] if isinstance(op, CacheOp)]
 
 
 def test_prompt_cache_lru_replacement_saves_and_a_later_prompt_loads_it_back():
@@ -1012,15 +1089,15 @@ def test_prompt_cache_load_picks_the_entry_that_keeps_and_covers_most():
     n = len(r.ops)
     core.add(gen(PA + (1, 2), "c", max_tokens=2))
     rc = run(core)["c"]
-    loads = [op for op in r.ops[n:] if op.op == "load"]
-    assert len(loads) == 1 and loads[0].entry.tokens[:len(PA)] == PA
+    loads = [op for op in r.ops[n:] if isinstance(op, CacheOp) and op.op == "load"]
+    assert len(loads) == 1 and loads[0].tokens[:len(PA)] == PA
     assert rc.final.usage["prompt_tokens_details"]["cached_tokens"] == len(PA)
     assert rc.tokens == reference(PA + (1, 2), 2)
     # a prompt that keeps less than 1/4 of every entry loads nothing
     n = len(r.ops)
     core.add(gen((PA[0],) + (77,) * 10, "d", max_tokens=1))
     run(core)
-    assert not [op for op in r.ops[n:] if op.op == "load"]
+    assert "load" not in [o for o, *_ in cache_ops(r, n)]
 
 
 def test_prompt_cache_not_used_when_the_slot_already_serves_the_prompt():
@@ -1050,7 +1127,7 @@ def test_prompt_cache_skips_tokens_already_cached_and_drops_contained_entries():
     n = len(r.ops)
     core.add(gen(PA[:3] + (9, 9, 9), "e", max_tokens=1))   # PB+gen saved; load PA (keeps 3/12 >= 1/4)
     run(core)
-    assert [op.op for op in r.ops[n:] if op.op in ("save", "load")] == ["save", "load"]
+    assert [o for o, *_ in cache_ops(r, n)] == ["save", "load"]
     # PA's entry was taken by the load; PB's is there, and a prefix of it is not saved again
     assert [e.tokens[0] for e in core.scheduler.prompt_cache.entries] == [PB[0]]
     assert pc.alloc(PB[:4]) is None
@@ -1123,7 +1200,7 @@ def test_prompt_cache_idle_slots_are_saved_and_cleared_on_a_new_task():
     rb = run(core)["b"]
     assert rb.final.id_slot == 1
     assert cache_ops(r, n) == [("save", 0, len(PA) + 1)]
-    assert MemOp("rm", 0, -1, -1) in r.ops[n:]
+    assert SeqRm(0, -1, -1) in r.ops[n:]
     assert core.scheduler.slots[0].cache == [] and r.kv[0] == []
     n = len(r.ops)
     core.add(gen(PA + (5,), "c", max_tokens=2))     # both slots: slot 0 is LRU and empty -> load
@@ -1435,7 +1512,7 @@ def test_cache_reuse_moves_a_chunk_earlier_and_prefills_only_the_rest():
     pb = RX + RY + (44, 45)
     core.add(gen(pb, "b", max_tokens=3, n_cache_reuse=4))
     rb = run(core)["b"]
-    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, 8), MemOp("shift", 0, 8, 12, -5), MemOp("rm", 0, 7, -1)]
+    assert r.ops[n_ops:] == [SeqRm(0, 3, 8), SeqShift(0, 8, 12, -5), SeqRm(0, 7, -1)]
     assert r.batches[nb] == [Rec(0, (44, 45), 7, True, "b", True)]
     assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == 7
     assert rb.final.timings["cache_n"] == 7 and rb.final.timings["prompt_n"] == 2
@@ -1449,7 +1526,7 @@ def test_cache_reuse_chunk_shorter_than_n_is_not_reused():
     pb = RX + RY + (44, 45)
     core.add(gen(pb, "b", max_tokens=3, n_cache_reuse=5))
     rb = run(core)["b"]
-    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, -1)]
+    assert r.ops[n_ops:] == [SeqRm(0, 3, -1)]
     assert r.batches[nb] == [Rec(0, RY + (44, 45), 3, True, "b", True)]
     assert rb.final.timings["cache_n"] == 3 and rb.final.timings["prompt_n"] == 6
     assert rb.tokens == reference(pb, 3)
@@ -1461,7 +1538,7 @@ def test_cache_reuse_off_with_zero_and_by_default():
         n_ops, nb = _cached(core, r, RX + RZ + RY)
         core.add(gen(RX + RY + (44,), "b", max_tokens=2, **kw))
         rb = run(core)["b"]
-        assert r.ops[n_ops:] == [MemOp("rm", 0, 3, -1)]
+        assert r.ops[n_ops:] == [SeqRm(0, 3, -1)]
         assert rb.final.timings["cache_n"] == 3
 
 
@@ -1471,7 +1548,7 @@ def test_cache_reuse_needs_cache_prompt():
     pb = RX + RY + (44,)
     core.add(gen(pb, "b", max_tokens=2, n_cache_reuse=1, cache_prompt=False))
     rb = run(core)["b"]
-    assert r.ops[n_ops:] == [MemOp("rm", 0, 0, -1)]
+    assert r.ops[n_ops:] == [SeqRm(0, 0, -1)]
     assert r.batches[nb] == [Rec(0, pb, 0, True, "b", True)]
     assert rb.final.timings["cache_n"] == 0 and rb.tokens == reference(pb, 2)
 
@@ -1485,9 +1562,9 @@ def test_cache_reuse_multiple_chunks_and_the_rest_in_between_is_prefilled():
     rb = run(core)["b"]
     # A: cache [4, 7) -> [3, 6); B: cache [9, 12) -> [6, 9); then prompt[9] = 99 matches nothing, so
     # the walk of the cache goes on without the prompt moving: C (after 99) is not reused
-    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, 4), MemOp("shift", 0, 4, 7, -1),
-                             MemOp("rm", 0, 6, 9), MemOp("shift", 0, 9, 12, -3),
-                             MemOp("rm", 0, 9, -1)]
+    assert r.ops[n_ops:] == [SeqRm(0, 3, 4), SeqShift(0, 4, 7, -1),
+                             SeqRm(0, 6, 9), SeqShift(0, 9, 12, -3),
+                             SeqRm(0, 9, -1)]
     assert r.batches[nb] == [Rec(0, (99,) + C, 9, True, "b", True)]
     assert rb.final.timings["cache_n"] == 9 and rb.final.timings["prompt_n"] == 4
     assert rb.tokens == reference(pb, 3)
@@ -1500,7 +1577,7 @@ def test_cache_reuse_a_chunk_reaching_the_prompt_end_still_decodes_the_last_toke
     pb = RX + RY
     core.add(gen(pb, "b", max_tokens=2, n_cache_reuse=2))
     rb = run(core)["b"]
-    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, 8), MemOp("shift", 0, 8, 12, -5), MemOp("rm", 0, 6, -1)]
+    assert r.ops[n_ops:] == [SeqRm(0, 3, 8), SeqShift(0, 8, 12, -5), SeqRm(0, 6, -1)]
     assert r.batches[nb] == [Rec(0, RY[-1:], 6, True, "b", True)]
     assert rb.final.timings["cache_n"] == 6 and rb.final.timings["prompt_n"] == 1
     assert rb.tokens == reference(pb, 2)
@@ -1511,7 +1588,7 @@ def test_cache_reuse_skipped_when_the_memory_cannot_shift():
     n_ops, nb = _cached(core, r, RX + RZ + RY)
     core.add(gen(RX + RY + (44,), "b", max_tokens=2, n_cache_reuse=2))
     rb = run(core)["b"]
-    assert r.ops[n_ops:] == [MemOp("rm", 0, 3, -1)]
+    assert r.ops[n_ops:] == [SeqRm(0, 3, -1)]
     assert rb.final.timings["cache_n"] == 3
 
 
@@ -1523,17 +1600,130 @@ def test_cache_reuse_only_under_the_same_lora_scales():
     pb = RX + RY + (44,)
     core.add(gen(pb, "b", max_tokens=2, n_cache_reuse=2, lora=(0.5,)))
     rb = run(core)["b"]
-    assert r.ops[n_ops:] == [MemOp("rm", 0, 0, -1)]
+    assert r.ops[n_ops:] == [SeqRm(0, 0, -1)]
     assert rb.final.timings["cache_n"] == 0 and rb.tokens == reference(pb, 2, (0.5,))
     core.add(gen(RX + RZ + RY, "c", max_tokens=1, lora=(0.5,)))
     run(core)
     n_ops = len(r.ops)
     core.add(gen(pb, "d", max_tokens=2, n_cache_reuse=2, lora=(0.5,)))
     rd = run(core)["d"]
-    assert [op.op for op in r.ops[n_ops:]] == ["rm", "shift", "rm"]
+    assert [type(op) for op in r.ops[n_ops:]] == [SeqRm, SeqShift, SeqRm]
     assert rd.final.timings["cache_n"] == 7 and rd.tokens == reference(pb, 2, (0.5,))
 
 
 def test_cache_reuse_field_validated():
     with pytest.raises(ValueError, match="n_cache_reuse"):
         gen(P1, "x", n_cache_reuse=-1)
+
+
+# ---------------------------------------------------------------------------- one request's failure is its own
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug in one request's sampling"), StateError("sampler")])
+def test_an_exception_in_one_requests_sampling_fails_it_alone(error):
+    core, r = make(n_slots=2, n_batch=16)
+    r.fail_sample["a"] = error
+    core.add(gen(P1, "a", max_tokens=4))
+    core.add(gen(P2, "b", max_tokens=4))
+    res = run(core)
+    assert res["a"].final.finish_reason == "error" and res["a"].final.error is error and res["a"].tokens == []
+    assert res["b"].final.finish_reason == "length" and res["b"].tokens == reference(P2, 4)
+    assert {x.rid for x in r.batches[0]} == {"a", "b"}, "both were in one batch"
+    assert core.metrics_dict()["n_requests_failed"] == 1
+    check_no_leaks(core, r)
+
+
+def test_an_exception_in_one_embedding_fails_it_alone():
+    core, r = make(n_slots=3, n_batch=32)
+    r.fail_embedding["e1"] = OverflowError("(inf) ** p")
+    core.add(Request(prompt=P1, id="e1", kind=RequestKind.EMBED))
+    core.add(Request(prompt=P2, id="e2", kind=RequestKind.EMBED))
+    core.add(gen(P3, "g", max_tokens=3))
+    res = run(core)
+    assert res["e1"].final.finish_reason == "error" and isinstance(res["e1"].final.error, OverflowError)
+    assert res["e1"].final.embedding is None
+    assert res["e2"].final.finish_reason == "stop" and res["e2"].final.embedding == [len(P2), sum(P2)]
+    assert res["g"].tokens == reference(P3, 3)
+    assert {x.rid for x in r.batches[0]} == {"e1", "e2", "g"}
+    check_no_leaks(core, r)
+
+
+def test_an_exception_in_one_requests_logprobs_fails_it_alone():
+    core, r = make(n_slots=2, n_batch=16)
+
+    def logprob(row, token, n_top):
+        raise ValueError("no such row")
+
+    r.logprob = logprob     # type: ignore[method-assign]
+    core.add(gen(P1, "a", max_tokens=3, logprobs=True))
+    core.add(gen(P2, "b", max_tokens=3))
+    res = run(core)
+    assert res["a"].final.finish_reason == "error" and isinstance(res["a"].final.error, ValueError)
+    assert res["b"].tokens == reference(P2, 3)
+    check_no_leaks(core, r)
+
+
+# ---------------------------------------------------------------------------- slot files (save/restore/erase)
+
+def test_slot_save_erase_restore(tmp_path):
+    core, r = make(n_slots=2)
+    core.add(gen(P1, "a", max_tokens=4, id_slot=0))
+    run(core)
+    held = list(core.scheduler.slots[0].cache)
+    path = str(tmp_path / "s0.bin")
+    saved = core.save_slot(0, path)
+    assert saved == SlotSaved(0, len(held), os.path.getsize(path)) and saved.n_saved == len(P1) + 3
+    assert core.erase_slot(0) == SlotErased(0, len(held))
+    assert core.scheduler.slots[0].cache == [] and r.kv[0] == []
+    assert core.restore_slot(1, path) == SlotRestored(1, len(held), os.path.getsize(path))
+    assert core.scheduler.slots[1].cache == held and r.kv_tokens(1) == held
+    core.add(gen(P1 + (77,), "b", max_tokens=3))       # served from the restored slot
+    rb = run(core)["b"]
+    assert rb.final.id_slot == 1 and rb.final.usage["prompt_tokens_details"]["cached_tokens"] == len(P1)
+    assert rb.tokens == reference(P1 + (77,), 3)
+    check_no_leaks(core, r)
+
+
+def test_slot_ops_need_an_existing_idle_slot(tmp_path):
+    core, r = make(n_slots=2)
+    with pytest.raises(ValueError, match="out of range"):
+        core.erase_slot(2)
+    with pytest.raises(ValueError, match="out of range"):
+        core.save_slot(-1, str(tmp_path / "x"))
+    core.add(gen(P1, "a", max_tokens=4, id_slot=0))
+    seen = core.step()
+    for op in (lambda: core.save_slot(0, str(tmp_path / "x")), lambda: core.restore_slot(0, str(tmp_path / "x")),
+               lambda: core.erase_slot(0)):
+        with pytest.raises(PyllamaError, match="slot 0 is busy"):
+            op()
+    assert run(core, seen=seen)["a"].tokens == reference(P1, 4)
+
+
+def test_a_failed_restore_leaves_the_slot_empty_tokens_and_kv(tmp_path):
+    core, r = make(n_slots=1)
+    core.add(gen(P1, "a", max_tokens=3))
+    run(core)
+    assert core.scheduler.slots[0].cache
+    with pytest.raises(StateError):
+        core.restore_slot(0, str(tmp_path / "missing.bin"))
+    # the KV is gone, and so is the token list: a cached request must not reuse a stale prefix
+    assert core.scheduler.slots[0].cache == [] and r.kv[0] == []
+    core.add(gen(P1 + (5,), "b", max_tokens=3))
+    rb = run(core)["b"]
+    assert rb.final.usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert rb.tokens == reference(P1 + (5,), 3)
+    check_no_leaks(core, r)
+
+
+# ---------------------------------------------------------------------------- LoRA scales through the core
+
+def test_set_lora_scales_is_the_default_of_later_requests():
+    core, r = make(n_slots=1, n_lora=2)
+    core.set_loras(["x", "y"], (1.0, 0.0))
+    core.add(gen(P1, "a", max_tokens=3))
+    core.set_lora_scales((0.0, 0.5))                     # "a" keeps the scales it was added with
+    core.add(gen(P1, "b", max_tokens=3))
+    res = run(core)
+    assert res["a"].tokens == reference(P1, 3, (1.0, 0.0))
+    assert res["b"].tokens == reference(P1, 3, (0.0, 0.5))
+    assert res["b"].final.usage["prompt_tokens_details"]["cached_tokens"] == 0    # other scales: no reuse
+    assert core.n_ctx_slot == r.n_ctx_slot and core.can_shift

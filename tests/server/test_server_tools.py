@@ -30,8 +30,8 @@ jsonschema = pytest.importorskip("jsonschema")
 from openai.lib.streaming.chat import ChatCompletionStreamState  # noqa: E402
 from openai.types.chat import ChatCompletion, ChatCompletionChunk  # noqa: E402
 
-from pyllama.chat import ChatDeltaParser, sampling_extras  # noqa: E402
-from pyllama.server.openai import render_chat  # noqa: E402
+from pyllama.frontend.chat import ChatDeltaParser, grammar_sampling as sampling_extras  # noqa: E402
+from pyllama.server.pipeline import chat_input  # noqa: E402
 from pyllama.server.schemas import ChatCompletionRequest  # noqa: E402
 from pyllama.server.state import STATE  # noqa: E402
 from aio_helpers import post_json, post_stream  # noqa: E402
@@ -72,9 +72,9 @@ def fold_chunks(chunks: List[Dict[str, Any]]):
     return state.current_completion_snapshot
 
 
-def render(st, body: Dict[str, Any]) -> Dict[str, Any]:
+def render(st, body: Dict[str, Any]):
     """What the server renders for a chat request (the same call chat_completions makes)."""
-    return render_chat(st, ChatCompletionRequest.model_validate(body))
+    return st.fe.render(chat_input(ChatCompletionRequest.model_validate(body)))
 
 
 def grammar_root(grammar: str) -> str:
@@ -146,7 +146,7 @@ def test_family_tools_render_run_and_parse(inproc, template_model, family):
         assert bool(folded.choices[0].message.tool_calls) == bool(choice.message.tool_calls)
 
         # the parser the server uses for these requests, fed the family's output character by character
-        syntax = render(st, chat)["syntax"]
+        syntax = render(st, chat).syntax
         parser = ChatDeltaParser(syntax)
         deltas = []
         for i in range(1, len(output) + 1):
@@ -223,10 +223,10 @@ def test_family_tools_render_run_and_parse(inproc, template_model, family):
         # tool_choice "required": an eager grammar naming the tools, which still lets free text
         # come before the call (so a random model need not call); "none": no grammar at all
         req = render(st, {**chat, "tool_choice": "required"})
-        assert req["grammar"] and req["grammar_lazy"] is False
-        assert "get_weather" in req["grammar"] and "get_time" in req["grammar"]
-        assert re.search(r"\buntil-\d+\??\s.*tool-calls?$", grammar_root(req["grammar"])), grammar_root(req["grammar"])
-        assert not render(st, {**chat, "tool_choice": "none"})["grammar"]
+        assert req.grammar and req.grammar_lazy is False
+        assert "get_weather" in req.grammar and "get_time" in req.grammar
+        assert re.search(r"\buntil-\d+\??\s.*tool-calls?$", grammar_root(req.grammar)), grammar_root(req.grammar)
+        assert not render(st, {**chat, "tool_choice": "none"}).grammar
 
     inproc(argv_for(template_model(vocab, template)), scenario)
 
@@ -242,13 +242,13 @@ def test_tool_choice_grammars(inproc, chat_model_path):
     async def scenario(client):
         st = client.server.app[STATE]
         auto = render(st, chat)
-        assert auto["grammar_lazy"] is True and "get_weather" in auto["grammar"]
-        assert [t["value"] for t in auto["grammar_triggers"]] == ["<tool_call>\n"]
+        assert auto.grammar_lazy is True and "get_weather" in auto.grammar
+        assert [t["value"] for t in auto.grammar_triggers] == ["<tool_call>\n"]
         assert sampling_extras(auto, st.vocab)["grammar_lazy"] is True
 
         req = render(st, {**chat, "tool_choice": "required"})
-        g = req["grammar"]
-        assert req["grammar_lazy"] is False and req["grammar_prefill"] is True
+        g = req.grammar
+        assert req.grammar_lazy is False and req.grammar_prefill is True
         assert "get_weather" in g and "get_time" in g
         root = grammar_root(g)
         m = re.fullmatch(r'root ::= "<\|im_start\|>assistant\\n" space (until-\d+)\? tool-calls', root)
@@ -258,15 +258,15 @@ def test_tool_choice_grammars(inproc, chat_model_path):
         assert 'tool-call ::= "<tool_call>\\n"' in g
         extra = sampling_extras(req, st.vocab)
         assert extra["grammar_lazy"] is False
-        assert extra["grammar_prefill"] == tuple(st.vocab.tokenize(req["generation_prompt"], add_special=False,
+        assert extra["grammar_prefill"] == tuple(st.vocab.tokenize(req.generation_prompt, add_special=False,
                                                                    parse_special=True))
 
         named = render(st, {**chat, "tool_choice": {"type": "function", "function": {"name": "get_time"}}})
-        assert named["grammar_lazy"] is False and "get_time" in named["grammar"]
-        assert "get_weather" not in named["grammar"]
+        assert named.grammar_lazy is False and "get_time" in named.grammar
+        assert "get_weather" not in named.grammar
 
         for none in (render(st, {**chat, "tool_choice": "none"}), render(st, {"messages": USER})):
-            assert none["grammar"] == "" and sampling_extras(none, st.vocab) == {}
+            assert none.grammar == "" and sampling_extras(none, st.vocab) == {}
 
         # so a random model under "required" writes free text until max_tokens
         res = await post_json(client, "/v1/chat/completions", {**chat, "tool_choice": "required", "max_tokens": 12,
@@ -478,7 +478,7 @@ THINKING = {
 
 def _parse(st, body: Dict[str, Any], output: str) -> Tuple[str, str]:
     """(content, reasoning_content) of ``output`` streamed through the parser the server uses for ``body``."""
-    parser = ChatDeltaParser(render(st, body)["syntax"])
+    parser = ChatDeltaParser(render(st, body).syntax)
     content, reasoning = "", ""
     acc = ""
     for _, piece in token_pieces(st.vocab, output):

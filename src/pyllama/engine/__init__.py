@@ -1,10 +1,13 @@
 """The engine: slots and continuous batching over one llama context."""
 from .async_engine import AsyncEngine, EngineStoppedError, RequestStream, fold
-from .core import EngineCore, EngineMetrics, Runner
+from .core import EngineCore, EngineMetrics, Runner, SlotErased, SlotRestored, SlotSaved
 from .request import FINISH_REASON, Request, RequestKind, RequestOutput, RequestState, RequestStatus, TokenLogprob
 from .runner import LlamaRunner, normalize_embedding
-from .scheduler import BatchItem, MemOp, Scheduler, SchedulerConfig, SchedulerOutput
+from .scheduler import (BatchItem, MemOp, Scheduler, SchedulerConfig, SchedulerOutput, SeqLoad, SeqRm, SeqSave,
+                        SeqShift)
 
-__all__ = ["AsyncEngine", "EngineStoppedError", "RequestStream", "fold", "EngineCore", "EngineMetrics", "Runner", "FINISH_REASON", "Request",
+__all__ = ["AsyncEngine", "EngineStoppedError", "RequestStream", "fold", "EngineCore", "EngineMetrics", "Runner",
+           "SlotErased", "SlotRestored", "SlotSaved", "FINISH_REASON", "Request",
            "RequestKind", "RequestOutput", "RequestState", "RequestStatus", "TokenLogprob", "LlamaRunner",
-           "normalize_embedding", "BatchItem", "MemOp", "Scheduler", "SchedulerConfig", "SchedulerOutput"]
+           "normalize_embedding", "BatchItem", "MemOp", "Scheduler", "SchedulerConfig", "SchedulerOutput",
+           "SeqLoad", "SeqRm", "SeqSave", "SeqShift"]

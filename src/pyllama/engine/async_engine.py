@@ -1,7 +1,8 @@
 """AsyncEngine: the engine thread and the asyncio side.
 
 One thread owns the llama Context and runs EngineCore.step() while there is work. Callers talk
-to it through one thread-safe queue; each request gets its outputs through its own asyncio.Queue.
+to it through one thread-safe queue of typed messages (Add, Abort, Call, Stop); each request gets
+its outputs through its own asyncio.Queue.
 """
 from __future__ import annotations
 
@@ -10,18 +11,47 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .. import _core
 from ..errors import PyllamaError
 from ..params import ContextParams
-from .core import EngineCore
+from .core import EngineCore, SlotErased, SlotRestored, SlotSaved
 from .request import Request, RequestKind, RequestOutput
 from .runner import LlamaRunner
 
 logger = logging.getLogger("pyllama.engine")
 
-_STOP = object()
+
+# ---- the engine thread's inbox ----
+@dataclass(frozen=True)
+class Add:
+    """Queue a request; ``sampler``: built for it in the caller's thread (None: not a GENERATE)."""
+    request: Request
+    sampler: Any = None
+
+
+@dataclass(frozen=True)
+class Abort:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """Run ``fn(core)`` between two steps; its result or exception goes to ``future``."""
+    fn: Callable[[EngineCore], Any]
+    future: "concurrent.futures.Future[Any]"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop the thread once in-flight work is done (``drain``) or aborted; a second Stop without
+    drain turns a draining stop into an aborting one."""
+    drain: bool
+
+
+Message = Union[Add, Abort, Call, Stop]
 
 
 class EngineStoppedError(PyllamaError):
@@ -62,7 +92,7 @@ class AsyncEngine:
         self._ctx: Optional[_core.Context] = None
         self._core: Optional[EngineCore] = None
         self._thread: Optional[threading.Thread] = None
-        self._inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._inbox: "queue.SimpleQueue[Message]" = queue.SimpleQueue()
         self._queues: Dict[str, asyncio.Queue] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._running = False
@@ -74,9 +104,28 @@ class AsyncEngine:
 
     @property
     def core(self) -> EngineCore:
+        """The EngineCore (engine thread only; kept for tests: callers use the methods below)."""
         if self._core is None:
             raise EngineStoppedError("the engine is not started")
         return self._core
+
+    @property
+    def n_ctx_slot(self) -> int:
+        """Context positions per slot (raises EngineStoppedError before start())."""
+        return self.core.n_ctx_slot
+
+    @property
+    def can_shift(self) -> bool:
+        """Whether the context's memory can shift positions: without it cache reuse (and context
+        shift) are off. Raises EngineStoppedError before start()."""
+        return self.core.can_shift
+
+    @property
+    def fatal_error(self) -> Optional[str]:
+        """The last decode's fatal llama.cpp abort (e.g. a lost RPC worker); None when the last
+        decode went well, or when the engine is not running."""
+        core = self._core
+        return core.fatal_error if core is not None else None
 
     def start(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         """Create the context and the engine thread. Call from the event loop's thread (or pass it)."""
@@ -97,19 +146,19 @@ class AsyncEngine:
         """Stop the thread: finish in-flight work first when ``drain``, else abort it; free the context."""
         if not self._running or self._thread is None:
             return
-        self._inbox.put((_STOP, drain))
+        self._inbox.put(Stop(drain))
         thread = self._thread
         await asyncio.get_running_loop().run_in_executor(None, thread.join, timeout)
         if thread.is_alive():
             logger.warning("engine thread did not stop within %s s; aborting everything", timeout)
-            self._inbox.put((_STOP, False))
+            self._inbox.put(Stop(False))
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
         self._finalize()
 
     def stop_sync(self, drain: bool = False) -> None:
         if not self._running or self._thread is None:
             return
-        self._inbox.put((_STOP, drain))
+        self._inbox.put(Stop(drain))
         self._thread.join()
         self._finalize()
 
@@ -134,29 +183,24 @@ class AsyncEngine:
             except queue.Empty:
                 msg = None
             while msg is not None:
-                kind = msg[0]
-                if kind is _STOP:
-                    if stopping and not msg[1]:
-                        drain = False
-                    else:
-                        stopping, drain = True, msg[1]
-                elif kind == "add":
-                    _, request, sampler = msg
+                if isinstance(msg, Add):
                     try:
-                        core.add(request, sampler)
+                        core.add(msg.request, msg.sampler)
                     except BaseException as e:  # noqa: BLE001 - the caller gets it
-                        if sampler is not None:
-                            sampler.close()
-                        self._send([RequestOutput(request.id, finished=True, finish_reason="error", error=e)])
-                elif kind == "abort":
-                    core.abort(msg[1])
-                elif kind == "call":
-                    _, fn, fut = msg
-                    if fut.set_running_or_notify_cancel():
+                        core.free_sampler(msg.sampler)
+                        self._send([RequestOutput(msg.request.id, finished=True, finish_reason="error", error=e)])
+                elif isinstance(msg, Abort):
+                    core.abort(msg.request_id)
+                elif isinstance(msg, Call):
+                    if msg.future.set_running_or_notify_cancel():
                         try:
-                            fut.set_result(fn(core))
+                            msg.future.set_result(msg.fn(core))
                         except BaseException as e:  # noqa: BLE001
-                            fut.set_exception(e)
+                            msg.future.set_exception(e)
+                elif stopping and not msg.drain:    # Stop: a second one, aborting
+                    drain = False
+                else:                                  # Stop
+                    stopping, drain = True, msg.drain
                 try:
                     msg = self._inbox.get_nowait()
                 except queue.Empty:
@@ -170,7 +214,9 @@ class AsyncEngine:
             if core.has_work():
                 try:
                     outs = core.step()
-                except BaseException as e:  # noqa: BLE001 - keep serving the others
+                except BaseException as e:  # noqa: BLE001 - keep serving the next requests
+                    # the core fails one request for what is its own (sampling, embedding...): what
+                    # arrives here broke the shared batch or KV, so every request in flight fails
                     logger.exception("engine step failed")
                     outs = self._fail_all(core, e)
                 if outs:
@@ -214,16 +260,19 @@ class AsyncEngine:
         id_slot. A request that fails later ends with an output whose ``error`` is set and
         finish_reason "error". Closing the stream, cancelling its reader or dropping it aborts the
         request.
+
+        Safe to call from any thread (the server submits from its worker pool, so that building a
+        large grammar or DRY sampler never runs on the event loop); the stream is read on the
+        engine's loop.
         """
         core = self._check_running()
         core.validate(request)
-        sampler = core.runner.new_sampler(request) if request.kind is RequestKind.GENERATE else None
+        sampler = core.new_sampler(request)
         q: asyncio.Queue = asyncio.Queue()
         self._queues[request.id] = q
-        self._inbox.put(("add", request, sampler))
+        self._inbox.put(Add(request, sampler))
         return RequestStream(self, request.id, q)
 
-    submit = generate
 
     async def complete(self, request: Request) -> RequestOutput:
         """Run a request to the end; returns one output with all text, tokens and logprobs."""
@@ -244,18 +293,27 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         """Cancel a request; thread safe, idempotent."""
         if self._running:
-            self._inbox.put(("abort", request_id))
+            self._inbox.put(Abort(request_id))
 
     async def reasoning_end(self, request_id: str) -> bool:
         """End a running request's reasoning block now (see EngineCore.reasoning_end)."""
         return await self.call(lambda core: core.reasoning_end(request_id))
 
     async def call(self, fn: Callable[[EngineCore], Any]) -> Any:
-        """Run ``fn(core)`` on the engine thread between two steps."""
+        """Run ``fn(core)`` on the engine thread between two steps (the methods below use it)."""
         self._check_running()
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._inbox.put(("call", fn, fut))
+        self._inbox.put(Call(fn, fut))
         return await asyncio.wrap_future(fut)
+
+    async def set_loras(self, adapters: Sequence["_core.LoraAdapter"], scales: Sequence[float]) -> None:
+        """The adapters requests may scale (Request.lora: one scale per adapter, in this order) and
+        the default scales of requests without lora. Raises ValueError on a length mismatch."""
+        await self.call(lambda core: core.set_loras(adapters, scales))
+
+    async def set_lora_scales(self, scales: Sequence[float]) -> None:
+        """New default (global) scales, one per adapter: for requests submitted from now on."""
+        await self.call(lambda core: core.set_lora_scales(scales))
 
     async def slots(self) -> List[dict]:
         return await self.call(lambda core: core.slots())
@@ -263,14 +321,18 @@ class AsyncEngine:
     async def metrics(self) -> Dict[str, Any]:
         return await self.call(lambda core: core.metrics_dict())
 
-    async def save_slot(self, id_slot: int, path: str) -> Dict[str, Any]:
-        return await self.call(lambda core: _slot_op(core, id_slot, "save", path))
+    async def save_slot(self, id_slot: int, path: str) -> SlotSaved:
+        """Write an idle slot's tokens and KV to ``path``. Raises ValueError (no such slot),
+        PyllamaError (busy), StateError."""
+        return await self.call(lambda core: core.save_slot(id_slot, path))
 
-    async def restore_slot(self, id_slot: int, path: str) -> Dict[str, Any]:
-        return await self.call(lambda core: _slot_op(core, id_slot, "restore", path))
+    async def restore_slot(self, id_slot: int, path: str) -> SlotRestored:
+        """Load a save_slot file into an idle slot (errors as save_slot; on failure the slot is empty)."""
+        return await self.call(lambda core: core.restore_slot(id_slot, path))
 
-    async def erase_slot(self, id_slot: int) -> Dict[str, Any]:
-        return await self.call(lambda core: _slot_op(core, id_slot, "erase", None))
+    async def erase_slot(self, id_slot: int) -> SlotErased:
+        """Forget an idle slot's tokens and KV (errors as save_slot)."""
+        return await self.call(lambda core: core.erase_slot(id_slot))
 
 
 class RequestStream:
@@ -331,25 +393,3 @@ async def fold(stream: "RequestStream") -> RequestOutput:
                 setattr(total, k, getattr(o, k))
     return total
 
-
-def _slot_op(core: EngineCore, id_slot: int, action: str, path: Optional[str]) -> Dict[str, Any]:
-    """Save/restore/erase a slot's KV (engine thread). The slot must be idle."""
-    sched = core.scheduler
-    if not 0 <= id_slot < len(sched.slots):
-        raise ValueError(f"id_slot {id_slot} out of range [0, {len(sched.slots)})")
-    slot = sched.slots[id_slot]
-    if not slot.free:
-        raise PyllamaError(f"slot {id_slot} is busy")
-    ctx = core.runner.ctx  # type: ignore[attr-defined]
-    if action == "save":
-        n = ctx.seq_state_save_file(path, id_slot, slot.cache)
-        return {"id_slot": id_slot, "n_saved": len(slot.cache), "n_written": n}
-    if action == "restore":
-        ctx.seq_rm(id_slot)
-        toks = ctx.seq_state_load_file(path, id_slot, core.runner.n_ctx_slot)
-        slot.cache = list(toks)
-        return {"id_slot": id_slot, "n_restored": len(toks)}
-    n = len(slot.cache)
-    ctx.seq_rm(id_slot)
-    slot.cache = []
-    return {"id_slot": id_slot, "n_erased": n}

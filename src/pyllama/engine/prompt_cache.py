@@ -1,17 +1,17 @@
 """The host-RAM prompt cache (llama-server's ``--cache-ram``): pure data, no llama calls.
 
 Entries are (tokens, sequence state bytes), oldest first. The scheduler decides with tokens only:
-``alloc`` reserves an entry for a slot's tokens (the runner then fills ``data`` with the
-sequence's state), ``find`` picks the entry to load for a new prompt, ``take`` removes it (a
-loaded entry leaves the cache, as llama-server's). Sizes are known once the runner has written
-the bytes: ``commit`` (called by the core after applying the step's memory ops) drops what did
+``alloc`` reserves an entry for a slot's tokens (the core then stores the state the runner
+saved in ``data``), ``find`` picks the entry to load for a new prompt, ``take`` removes it (a
+loaded entry leaves the cache, as llama-server's). Sizes are known once the state is saved:
+``commit`` (called by the core after applying the step's memory ops) drops what did
 not get data, skips an entry over the size limit, removes entries the new ones contain, and
 enforces the limits (``update``), evicting the oldest first. Mirrors server_prompt_cache in
 llama.cpp's tools/server/server-task.cpp.
 
 One difference in order: llama-server makes room for a new entry (evicting the oldest) before it
 picks the entry to load, because it knows the new entry's size then; here the size is known only
-after the runner wrote it, so the load is picked first and room is made at ``commit``. At the size
+after the save, so the load is picked first and room is made at ``commit``. At the size
 limit, an old entry llama-server would just have evicted can still be loaded here.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ class CacheEntry:
     def __init__(self, tokens: Sequence[int], lora: Any = None):
         self.tokens = tuple(tokens)
         self.lora = lora                     # the LoRA scales the state was computed with
-        self.data: Optional[bytes] = None    # the sequence state; None until the runner wrote it
+        self.data: Optional[bytes] = None    # the sequence state; None until saved
         self.size = 0
 
     def __repr__(self) -> str:
@@ -56,8 +56,8 @@ class PromptCache:
 
     # ---- decisions (tokens only) ----
     def alloc(self, tokens: Sequence[int], lora: Any = None) -> Optional[CacheEntry]:
-        """A new entry for ``tokens`` computed under LoRA scales ``lora`` (data to be written by the
-        runner), or None when an entry already holds them all."""
+        """A new entry for ``tokens`` computed under LoRA scales ``lora`` (data to be stored by the
+        core), or None when an entry already holds them all."""
         if not tokens:
             return None
         n = len(tokens)
@@ -100,7 +100,7 @@ class PromptCache:
             pass
         self.n_loaded += 1
 
-    # ---- after the runner wrote the new entries ----
+    # ---- after the core stored the new entries' states ----
     def commit(self) -> None:
         new, self._new = self._new, []
         for e in new:

@@ -1,7 +1,11 @@
-"""LlamaRunner: the engine's only door to llama.cpp (a Model, a Context, one Batch)."""
+"""LlamaRunner: the engine's only door to llama.cpp (a Model, a Context, one Batch).
+
+It implements engine.core.Runner; only the engine thread calls it (new_sampler excepted: it
+reads the model only)."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -10,7 +14,7 @@ from .. import _core
 from ..errors import StateError
 from ..params import SamplingParams
 from .request import Request, RequestKind, TokenLogprob
-from .scheduler import BatchItem, MemOp
+from .scheduler import BatchItem
 
 
 def _log(p: float) -> float:
@@ -34,6 +38,8 @@ def normalize_embedding(v: np.ndarray, mode: int) -> np.ndarray:
 
 
 class LlamaRunner:
+    """The Runner of one Model and Context: n_slots sequences of n_ctx_slot positions each."""
+
     def __init__(self, model: "_core.Model", ctx: "_core.Context", n_slots: int, n_ctx_slot: int):
         self.model = model
         self.ctx = ctx
@@ -63,7 +69,8 @@ class LlamaRunner:
         self.lora_default = default
         self._set_lora(default)
 
-    def set_lora_default(self, scales: Sequence[float]) -> None:
+    def set_lora_scales(self, scales: Sequence[float]) -> None:
+        """New default scales (of requests whose lora is None); one per adapter of set_loras."""
         scales = tuple(float(x) for x in scales)
         if len(scales) != len(self.loras):
             raise ValueError(f"{len(self.loras)} adapters but {len(scales)} scales")
@@ -94,25 +101,36 @@ class LlamaRunner:
     def free_sampler(self, sampler: Any) -> None:
         sampler.close()
 
-    def apply(self, op: MemOp) -> None:
-        if op.op == "rm":
-            if not self.ctx.seq_rm(op.seq, op.p0, op.p1):
-                self.ctx.seq_rm(op.seq, -1, -1)    # partial removal unsupported (recurrent): drop all
-        elif op.op == "shift":
-            self.ctx.seq_add(op.seq, op.p0, op.p1, op.delta)
-        elif op.op == "save":       # the prompt cache keeps the sequence's state in host memory
-            data = self.ctx.seq_state_get(op.seq)
-            op.entry.data, op.entry.size = data, len(data)
-        elif op.op == "load":       # the sequence becomes the cached entry's (the entry leaves the cache)
-            data, op.entry.data = op.entry.data, None
-            if not data:
-                raise StateError(f"prompt cache entry for sequence {op.seq} has no data")
-            self.ctx.seq_rm(op.seq, -1, -1)
-            if self.ctx.seq_state_set(data, op.seq) != len(data):
-                self.ctx.seq_rm(op.seq, -1, -1)
-                raise StateError(f"failed to restore a prompt cache entry into sequence {op.seq}")
-        else:  # pragma: no cover - programming error
-            raise ValueError(f"unknown memory op {op.op!r}")
+    # ---- memory: the scheduler's ops (applied by EngineCore, in order) and the slot files ----
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        if not self.ctx.seq_rm(seq, p0, p1):
+            self.ctx.seq_rm(seq, -1, -1)    # partial removal unsupported (recurrent): drop all
+
+    def seq_shift(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        self.ctx.seq_add(seq, p0, p1, delta)
+
+    def save_seq(self, seq: int) -> bytes:
+        """The sequence's state (the prompt cache keeps it in host memory)."""
+        return self.ctx.seq_state_get(seq)
+
+    def load_seq(self, seq: int, data: bytes) -> None:
+        """The sequence becomes ``data`` (from save_seq). Raises StateError."""
+        self.ctx.seq_rm(seq, -1, -1)
+        if self.ctx.seq_state_set(data, seq) != len(data):
+            self.ctx.seq_rm(seq, -1, -1)
+            raise StateError(f"failed to restore a prompt cache entry into sequence {seq}")
+
+    def save_seq_file(self, seq: int, path: str, tokens: Sequence[int]) -> int:
+        """Write the sequence's KV and ``tokens`` to a file; the bytes written. Raises StateError."""
+        return self.ctx.seq_state_save_file(path, seq, tokens)
+
+    def load_seq_file(self, seq: int, path: str, n_max: int) -> Tuple[List[int], int]:
+        """Replace the sequence with a file from save_seq_file: (its tokens, at most ``n_max``; the
+        bytes read). Raises StateError."""
+        self.ctx.seq_rm(seq, -1, -1)
+        tokens = self.ctx.seq_state_load_file(path, seq, n_max)
+        # llama_state_seq_load_file reads the whole file (it asserts so) and returns that size
+        return tokens, os.path.getsize(path)
 
     def decode(self, items: Sequence[BatchItem]) -> List[int]:
         if items:   # the scheduler batches only requests sharing one LoRA configuration

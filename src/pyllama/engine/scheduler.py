@@ -7,12 +7,12 @@ runner executes the batch; ``on_decoded`` advances the slots. KV-full is handled
 batch and, when a single token cannot fit, failing only that request.
 
 With a host-RAM prompt cache (``cache_ram_mib``, llama-server's --cache-ram), admission also
-decides what goes to it and what comes back (``save``/``load`` memory ops, see prompt_cache.py);
+decides what goes to it and what comes back (SeqSave/SeqLoad memory ops, see prompt_cache.py);
 this happens only when a request is admitted, never in a step that admits nothing.
 
 Cache reuse (``Request.n_cache_reuse``, llama-server's --cache-reuse): at admission, after the
 common prefix, chunks of at least that many cached tokens that the new prompt has right there
-(the prompt dropped what preceded them) are moved into place by "rm" + "shift" memory ops, as
+(the prompt dropped what preceded them) are moved into place by SeqRm + SeqShift memory ops, as
 llama-server does; only with cache_prompt, under the same LoRA scales, and when the runner's
 memory can shift (``SchedulerConfig.can_shift``).
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 from ..errors import ContextLimitError, KVCacheFullError
 from .prompt_cache import CacheEntry, PromptCache
@@ -48,15 +48,39 @@ class BatchItem:
     prefill: bool
 
 
-@dataclass
-class MemOp:
-    op: str                         # "rm" (p0, p1), "shift" (p0, p1, delta), "save"/"load" (entry)
+# ---- memory ops: what the scheduler decided about the KV, applied by the core (in order) before the decode
+@dataclass(frozen=True)
+class SeqRm:
+    """Remove positions [p0, p1) of sequence ``seq`` (-1: open end; both -1: all of it)."""
     seq: int
     p0: int = -1
     p1: int = -1
-    delta: int = 0
-    entry: Optional[CacheEntry] = None  # save: the runner writes the sequence state into entry.data;
-                                        # load: the runner replaces the sequence with entry.data
+
+
+@dataclass(frozen=True)
+class SeqShift:
+    """Move positions [p0, p1) of sequence ``seq`` by ``delta`` (context shift, cache reuse)."""
+    seq: int
+    p0: int
+    p1: int
+    delta: int
+
+
+@dataclass(frozen=True)
+class SeqSave:
+    """Copy the sequence's state to host memory: the core stores the runner's bytes in ``entry``."""
+    seq: int
+    entry: CacheEntry
+
+
+@dataclass(frozen=True)
+class SeqLoad:
+    """Replace the sequence with ``entry``'s state (the entry has left the prompt cache)."""
+    seq: int
+    entry: CacheEntry
+
+
+MemOp = Union[SeqRm, SeqShift, SeqSave, SeqLoad]
 
 
 @dataclass
@@ -285,7 +309,7 @@ class Scheduler:
                 keep = min(keep, len(req.prompt) - 1)
             slot.lora = req.lora
             if keep < len(slot.cache) or not slot.cache or reused:
-                out.mem_ops.append(MemOp("rm", slot.id, keep, -1))
+                out.mem_ops.append(SeqRm(slot.id, keep, -1))
             del slot.cache[keep:]
             st.n_cached = keep
             st.status = RequestStatus.PREFILL
@@ -309,8 +333,8 @@ class Scheduler:
                    and cache[head_c + n] == prompt[head_p + n]):
                 n += 1
             if n >= n_min:
-                out.mem_ops.append(MemOp("rm", slot.id, head_p, head_c))
-                out.mem_ops.append(MemOp("shift", slot.id, head_c, head_c + n, head_p - head_c))
+                out.mem_ops.append(SeqRm(slot.id, head_p, head_c))
+                out.mem_ops.append(SeqShift(slot.id, head_c, head_c + n, head_p - head_c))
                 cache[head_p:head_p + n] = cache[head_c:head_c + n]
                 n_past += n
                 head_c += n
@@ -325,13 +349,13 @@ class Scheduler:
         entry that serves the new prompt better than the slot does (it leaves the cache)."""
         e = pc.alloc(slot.cache, slot.lora)
         if e is not None:
-            out.mem_ops.append(MemOp("save", slot.id, entry=e))
+            out.mem_ops.append(SeqSave(slot.id, e))
         best = pc.find(slot.cache, req.prompt, req.lora, slot.lora)
         if best is None:
             return
         pc.take(best)
         if req.cache_prompt:
-            out.mem_ops.append(MemOp("load", slot.id, entry=best))
+            out.mem_ops.append(SeqLoad(slot.id, best))
             slot.cache = list(best.tokens)
             slot.lora = best.lora
         # cache_prompt false: llama-server loads the entry and then re-evaluates the whole prompt
@@ -345,9 +369,9 @@ class Scheduler:
                 continue
             e = pc.alloc(s.cache, s.lora)
             if e is not None:
-                out.mem_ops.append(MemOp("save", s.id, entry=e))
+                out.mem_ops.append(SeqSave(s.id, e))
             if self.config.kv_unified:
-                out.mem_ops.append(MemOp("rm", s.id, -1, -1))
+                out.mem_ops.append(SeqRm(s.id, -1, -1))
                 s.cache = []
 
     def _pick_slot(self, st: RequestState) -> Tuple[Optional[Slot], bool]:
@@ -384,8 +408,8 @@ class Scheduler:
         n_discard = (len(slot.cache) - n_keep) // 2
         if n_discard <= 0:
             return False
-        out.mem_ops.append(MemOp("rm", slot.id, n_keep, n_keep + n_discard))
-        out.mem_ops.append(MemOp("shift", slot.id, n_keep + n_discard, -1, -n_discard))
+        out.mem_ops.append(SeqRm(slot.id, n_keep, n_keep + n_discard))
+        out.mem_ops.append(SeqShift(slot.id, n_keep + n_discard, -1, -n_discard))
         del slot.cache[n_keep:n_keep + n_discard]
         return True
 

@@ -11,22 +11,25 @@ top-level ``"type": "error"`` added, so the body is also Anthropic's error shape
 from __future__ import annotations
 
 import functools
+import logging
 import json
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from aiohttp import web
 
-from ..chat import ChatDeltaParser
+from ..frontend import ChatDeltaParser
 from ..engine import RequestOutput
-from ..errors import ContextLimitError
-from .common import error_of, read_json, validate
-from .errors import APIError, error_body
+from ..frontend import formatting as fmt
+from .common import decode_json, read_body, validate
+from .errors import APIError, api_error, error_of
 from .generation import collect, merged
-from .openai import assemble_message, count_chat_tokens, model_name, prepare_chat
+from .pipeline import count_chat_tokens, model_name, start_chat
 from .schemas import ChatCompletionRequest, MessagesRequest, SamplingFields
 from .sse import SSEWriter
 from .state import STATE
+
+logger = logging.getLogger("pyllama.server")
 
 DEFAULT_MAX_TOKENS = 4096       # llama-server's, when max_tokens is missing
 # llama.cpp's own sampling fields pass through (a pyllama extension: seed, logit_bias, ...)
@@ -40,11 +43,13 @@ def anthropic_errors(handler: Callable[[web.Request], Awaitable[web.StreamRespon
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except APIError as e:
-            return web.json_response({"type": "error", **e.body()}, status=e.status)
-        except ContextLimitError as e:
-            body = error_body(400, str(e), "exceed_context_size_error", n_prompt_tokens=e.n_tokens, n_ctx=e.n_ctx)
-            return web.json_response({"type": "error", **body}, status=400)
+        except (web.HTTPException, ConnectionResetError):
+            raise
+        except Exception as e:  # noqa: BLE001 - rendered from the one table, as every API's
+            err = api_error(e)
+            if err.status >= 500:
+                logger.exception("request failed")
+            return web.json_response({"type": "error", **err.body()}, status=err.status)
     return wrapped
 
 
@@ -143,10 +148,15 @@ def messages_to_chat(body: Dict[str, Any]) -> Dict[str, Any]:
     return chat
 
 
-async def _parse(request: web.Request) -> ChatCompletionRequest:
-    body = await read_json(request)
+def _to_chat(raw: bytes) -> ChatCompletionRequest:
+    body = decode_json(raw)
     validate(MessagesRequest, body)
     return validate(ChatCompletionRequest, messages_to_chat(body))
+
+
+async def _parse(request: web.Request) -> ChatCompletionRequest:
+    """The body converted to a chat request, on the worker pool."""
+    return await request.app[STATE].workers.run(_to_chat, await read_body(request))
 
 
 def _stop(o: RequestOutput, req: ChatCompletionRequest, has_calls: bool) -> Dict[str, Any]:
@@ -190,12 +200,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
     """POST /v1/messages."""
     st = request.app[STATE].require()
     req = await _parse(request)
-    rendered, tokens, streams = prepare_chat(st, req)
+    prepared, streams = await start_chat(st, req)
     mid, model = f"msg_{uuid.uuid4().hex[:24]}", model_name(st, req.model)
-    parser = ChatDeltaParser(rendered.get("syntax"))
+    parser = ChatDeltaParser(prepared.rendered.syntax)
     if not req.stream:
         (o,) = await collect(streams)
-        msg = assemble_message(parser, o.text)
+        msg = fmt.assemble_message(parser, o.text)
         return web.json_response({"id": mid, "type": "message", "role": "assistant", "content": _blocks(msg),
                                   "model": model, **_stop(o, req, bool(msg.get("tool_calls"))), "usage": _usage(o)})
 
@@ -206,7 +216,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         await send(sse, "message_start", {"message": {
             "id": mid, "type": "message", "role": "assistant", "content": [], "model": model,
             "stop_reason": None, "stop_sequence": None,
-            "usage": {"cache_read_input_tokens": 0, "input_tokens": len(tokens), "output_tokens": 0}}})
+            "usage": {"cache_read_input_tokens": 0, "input_tokens": len(prepared.prompts[0]), "output_tokens": 0}}})
         n_blocks = 0
         current: Optional[str] = None       # "thinking", "text" or "tool_use": the open block
         n_calls = 0
@@ -230,7 +240,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         text = ""
         async for _, o in merged(streams):
             if o.finished and o.error is not None:
-                await sse.send_event("error", {"type": "error", **error_of(o)})
+                await sse.send_event("error", {"type": "error", **error_of(o.error)})
                 return sse.response
             text += o.text
             for d in parser.feed(text, partial=not o.finished):
@@ -265,4 +275,4 @@ async def count_tokens(request: web.Request) -> web.Response:
     """POST /v1/messages/count_tokens: the token count of the converted request's rendered prompt."""
     st = request.app[STATE].require()
     req = await _parse(request)
-    return web.json_response({"input_tokens": count_chat_tokens(st, req)})
+    return web.json_response({"input_tokens": await count_chat_tokens(st, req)})

@@ -15,56 +15,17 @@ from typing import AsyncIterator, Optional
 
 from aiohttp import web
 
-from .. import _core
 from ..engine import AsyncEngine
-from ..errors import ChatTemplateError
-from ..params import ContextParams, ModelParams
+from ..frontend import ChatDefaults, Frontend, GenerationDefaults, ModelBundle, Workers
+from ..params import ContextParams, ModelParams, SamplingParams
 from . import middlewares as mw
-from . import native, openai
 from .config import ServerConfig
-from .schemas import openapi_document
-from .state import CONFIG, STATE, LoraEntry, ServerState
+from .routes import ROUTES
+from .state import CONFIG, STATE, ServerState
 
 logger = logging.getLogger("pyllama.server")
 STATIC_DIR = Path(__file__).parent / "static"
 LOADER = web.AppKey("loader", asyncio.Task)
-
-
-def routes(cfg: ServerConfig) -> list:
-    """The one endpoint table: (method, path, handler)."""
-    from . import anthropic, extra, responses
-    table = [
-        ("GET", "/health", native.health), ("GET", "/v1/health", native.health),
-        ("GET", "/v1/models", openai.models), ("GET", "/models", openai.models),
-        ("POST", "/v1/completions", openai.completions), ("POST", "/completions", native.completion),
-        ("POST", "/completion", native.completion),
-        ("POST", "/v1/chat/completions", openai.chat_completions), ("POST", "/chat/completions", openai.chat_completions),
-        ("POST", "/v1/chat/completions/control", openai.chat_control),
-        ("POST", "/v1/chat/completions/input_tokens", openai.chat_input_tokens),
-        ("POST", "/chat/completions/input_tokens", openai.chat_input_tokens),
-        ("POST", "/v1/responses", responses.responses), ("POST", "/responses", responses.responses),
-        ("POST", "/v1/responses/input_tokens", responses.input_tokens),
-        ("POST", "/responses/input_tokens", responses.input_tokens),
-        ("POST", "/v1/messages", anthropic.messages),
-        ("POST", "/v1/messages/count_tokens", anthropic.count_tokens),
-        ("POST", "/v1/embeddings", openai.embeddings),
-        ("POST", "/embedding", native.embedding_native), ("POST", "/embeddings", native.embedding_native),
-        ("POST", "/tokenize", native.tokenize), ("POST", "/detokenize", native.detokenize),
-        ("POST", "/apply-template", native.apply_template),
-        ("GET", "/props", native.props), ("POST", "/props", native.props_post),
-        ("GET", "/slots", native.slots), ("POST", "/slots/{id_slot}", native.slot_action),
-        ("GET", "/metrics", native.metrics),
-        ("POST", "/infill", extra.infill),
-        ("POST", "/reranking", extra.rerank), ("POST", "/rerank", extra.rerank), ("POST", "/v1/rerank", extra.rerank),
-        ("GET", "/lora-adapters", extra.lora_get), ("POST", "/lora-adapters", extra.lora_post),
-        ("GET", "/openapi.json", openapi_json),
-    ]
-    return table
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    from .. import __version__
-    return web.json_response(openapi_document("pyllama server", __version__))
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -120,23 +81,22 @@ class _ProgressBar:
         return True
 
 
-def load_blocking(st: ServerState) -> None:
+def _generation_defaults(cfg: ServerConfig) -> GenerationDefaults:
+    sampling = SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
+                              typical_p=cfg.typical_p, repeat_penalty=cfg.repeat_penalty,
+                              repeat_last_n=cfg.repeat_last_n, presence_penalty=cfg.presence_penalty,
+                              frequency_penalty=cfg.frequency_penalty, seed=cfg.seed)
+    return GenerationDefaults(sampling=sampling, n_predict=cfg.n_predict, cache_prompt=cfg.cache_prompt,
+                              cache_reuse=cfg.cache_reuse, reasoning_budget=cfg.reasoning_budget,
+                              reasoning_budget_message=cfg.reasoning_budget_message)
+
+
+def load_blocking(st: ServerState) -> ModelBundle:
     """Load the model, the templates and the adapters (in a worker thread)."""
     cfg = st.config
-    model = _core.Model(cfg.model, _model_params(cfg), progress_callback=_ProgressBar(st))
-    override = cfg.chat_template or ""
-    if not cfg.jinja and not override:
-        override = "chatml"
-    try:
-        templates = _core.ChatTemplates(model, override)
-    except ChatTemplateError:
-        if override:
-            raise
-        logger.warning("the model has no usable chat template: using chatml")
-        templates = _core.ChatTemplates(model, "chatml")
-    st.model, st.templates = model, templates
-    for path, scale in cfg.lora:
-        st.loras.append(LoraEntry(_core.LoraAdapter(model, path), path, 0.0 if cfg.lora_init_without_apply else scale))
+    return ModelBundle.load(cfg.model, _model_params(cfg), chat_template=cfg.chat_template, jinja=cfg.jinja,
+                            loras=cfg.lora, lora_init_without_apply=cfg.lora_init_without_apply,
+                            progress_callback=_ProgressBar(st))
 
 
 async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
@@ -145,44 +105,33 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
     loop = asyncio.get_running_loop()
     try:
         if engine is None:
-            await loop.run_in_executor(None, load_blocking, st)
+            bundle = await loop.run_in_executor(None, load_blocking, st)
             if cfg.cache_ram != 0:
                 logger.info("prompt cache is enabled, size limit: %s",
                             "no limit" if cfg.cache_ram < 0 else f"{cfg.cache_ram} MiB")
             elif cfg.cache_idle_slots:
                 logger.warning("--cache-idle-slots requires --cache-ram, disabling")
-            engine = AsyncEngine(st.model, _context_params(cfg), n_parallel=cfg.n_slots, kv_unified=cfg.unified,
+            st.frontend = Frontend(bundle, defaults=_generation_defaults(cfg), workers=st.workers,
+                                   chat_defaults=ChatDefaults(cfg.reasoning_format, cfg.chat_template_kwargs))
+            engine = AsyncEngine(bundle.model, _context_params(cfg), n_parallel=cfg.n_slots, kv_unified=cfg.unified,
                                  context_shift=cfg.context_shift, n_keep=cfg.keep,
                                  slot_prompt_similarity=cfg.slot_prompt_similarity,
                                  cont_batching=cfg.cont_batching, cache_ram_mib=cfg.cache_ram,
                                  cache_idle_slots=cfg.cache_idle_slots)
             await loop.run_in_executor(None, engine.start, loop)
         else:
-            st.model = engine.model
-            if st.templates is None:
-                try:
-                    st.templates = _core.ChatTemplates(engine.model, cfg.chat_template or "")
-                except ChatTemplateError:
-                    st.templates = _core.ChatTemplates(engine.model, "chatml")
+            bundle = ModelBundle.of_model(engine.model, cfg.chat_template)
+            st.frontend = Frontend(bundle, defaults=_generation_defaults(cfg), workers=st.workers,
+                                   chat_defaults=ChatDefaults(cfg.reasoning_format, cfg.chat_template_kwargs))
             if not engine.running:
                 engine.start(loop)
         st.engine = engine
-        if st.loras:
-            adapters, scales = [e.adapter for e in st.loras], st.lora_scales()
-            await engine.call(lambda core: core.runner.set_loras(adapters, scales))
+        if bundle.loras:
+            await engine.set_loras([s.adapter for s in bundle.loras], bundle.lora_scales())
         st.ready = True
-        m = st.model
-        runner = engine.core.runner
-        if cfg.cache_reuse > 0 and not getattr(runner, "can_shift", True):
+        if cfg.cache_reuse > 0 and not engine.can_shift:
             logger.warning("cache_reuse is not supported by this context, it will be disabled")
-        devices = ", ".join(f"{d['name']} ({d['description']})" for d in _core.list_devices(memory=False))
-        logger.info("model loaded", extra={"summary": {
-            "model": cfg.model, "alias": cfg.model_name, "params": m.n_params, "ctx": runner.n_ctx_slot,
-            "slots": cfg.n_slots, "kv_unified": cfg.unified, "backends": _core.list_backends(), "devices": devices}})
-        print(f"pyllama: {os.path.basename(cfg.model or '')}: {m.n_params / 1e6:.1f}M params, {m.ftype}, "
-              f"n_ctx {runner.n_ctx_slot}{' per slot' if not cfg.unified else ''}, {cfg.n_slots} slots"
-              f"{' (unified KV)' if cfg.unified else ''}, backends {'+'.join(_core.list_backends())}, "
-              f"devices: {devices}", file=sys.stderr, flush=True)
+        _log_loaded(cfg, bundle, engine)
     except Exception as e:  # noqa: BLE001 - reported by /health
         logger.exception("failed to load the model")
         st.load_error = f"{type(e).__name__}: {e}"
@@ -191,16 +140,29 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
             signal.raise_signal(signal.SIGTERM)
 
 
+def _log_loaded(cfg: ServerConfig, bundle: ModelBundle, engine: AsyncEngine) -> None:
+    from .. import list_backends, list_devices
+    m = bundle.model
+    devices = ", ".join(f"{d['name']} ({d['description']})" for d in list_devices(memory=False))
+    logger.info("model loaded", extra={"summary": {
+        "model": cfg.model, "alias": cfg.model_name, "params": m.n_params, "ctx": engine.n_ctx_slot,
+        "slots": cfg.n_slots, "kv_unified": cfg.unified, "backends": list_backends(), "devices": devices}})
+    print(f"pyllama: {os.path.basename(cfg.model or '')}: {m.n_params / 1e6:.1f}M params, {m.ftype}, "
+          f"n_ctx {engine.n_ctx_slot}{' per slot' if not cfg.unified else ''}, {cfg.n_slots} slots"
+          f"{' (unified KV)' if cfg.unified else ''}, backends {'+'.join(list_backends())}, "
+          f"devices: {devices}", file=sys.stderr, flush=True)
+
+
 def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> web.Application:
     """The app. With ``engine`` (started or not) it serves that engine's model instead of loading one."""
     app = web.Application(client_max_size=config.max_body_bytes,
                           middlewares=[mw.log_middleware, mw.cors_middleware, mw.error_middleware,
                                        mw.auth_middleware])
     app[CONFIG] = config
-    app[STATE] = ServerState(config)
+    app[STATE] = ServerState(config, Workers())
     app.on_response_prepare.append(mw.add_cors_headers)
     prefix = config.api_prefix
-    for method, path, handler in routes(config):
+    for method, path, handler in ROUTES:
         app.router.add_route(method, prefix + path, handler)
     if config.static_path:
         app.router.add_get(prefix + "/", _file_handler(Path(config.static_path) / "index.html"))
@@ -225,10 +187,9 @@ def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> we
         await asyncio.gather(task, return_exceptions=True)
         if st.engine is not None:
             await st.engine.stop(drain=True, timeout=30)
-        if engine is None and st.model is not None:
-            if st.templates is not None:
-                st.templates.close()
-            st.model.close()
+        if st.frontend is not None:
+            st.frontend.bundle.close()      # the model too, unless the engine was lent to the app
+        st.workers.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

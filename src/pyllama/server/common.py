@@ -1,30 +1,35 @@
-"""Helpers every handler uses: read and validate the body, the model name, usage objects."""
+"""Helpers every handler uses: read the body, then decode and validate it on the worker pool."""
 from __future__ import annotations
 
 import json
-import time
-from typing import Any, Dict, List, Type, TypeVar
+from typing import Any, Type, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ..engine import RequestOutput
 from .errors import APIError
+from .state import STATE
 
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_json(request: web.Request) -> Any:
+async def read_body(request: web.Request) -> bytes:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise APIError(413, "request body too large") from None
     if not raw:
         raise APIError(400, "the request body is empty; expected JSON")
+    return raw
+
+
+def decode_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"invalid JSON: {e}") from None
+    except RecursionError:
+        raise APIError(400, "invalid JSON: nested too deeply") from None
 
 
 def validate(model: Type[M], data: Any) -> M:
@@ -35,31 +40,31 @@ def validate(model: Type[M], data: Any) -> M:
     except ValidationError as e:
         errs = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())
         raise APIError(400, f"invalid request: {errs}") from None
+    except RecursionError:
+        raise APIError(400, "invalid request: nested too deeply") from None
+
+
+def _decode_validate(model: Type[M], raw: bytes) -> M:
+    return validate(model, decode_json(raw))
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON, decoded on the worker pool."""
+    raw = await read_body(request)
+    return await request.app[STATE].workers.run(decode_json, raw)
 
 
 async def parse(request: web.Request, model: Type[M]) -> M:
-    return validate(model, await read_json(request))
+    """The body validated as ``model``, decoded and validated on the worker pool."""
+    raw = await read_body(request)
+    return await request.app[STATE].workers.run(_decode_validate, model, raw)
 
 
-def usage(outs: List[RequestOutput], n: int = 1) -> Dict[str, Any]:
-    """OpenAI usage of outputs made ``n`` per prompt (in order): each prompt counts once."""
-    firsts = [o.usage for o in outs[::max(1, n)] if o.usage]
-    prompt = sum(u["prompt_tokens"] for u in firsts)
-    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in firsts)
-    completion = sum(o.usage["completion_tokens"] for o in outs if o.usage)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
 
 
-def now() -> int:
-    return int(time.time())
-
-
-def error_of(o: RequestOutput) -> Dict[str, Any]:
-    from .errors import error_body
-    from ..errors import ContextLimitError, KVCacheFullError
-    err = o.error
-    status = 400 if isinstance(err, (ContextLimitError, ValueError)) else 500
-    if isinstance(err, KVCacheFullError):
-        status = 503
-    return error_body(status, str(err) if err else "request failed")
+async def json_response(request: web.Request, obj: Any, status: int = 200) -> web.Response:
+    """A JSON response serialized on the worker pool (for bodies that may be large)."""
+    body = await request.app[STATE].workers.run(lambda: json.dumps(obj).encode())
+    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")

@@ -396,13 +396,12 @@ def parse_args(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str,
         raise ConfigError(f"--reasoning-budget must be -1 (unrestricted), 0 (immediate end) or a positive token "
                           f"count, got {cfg.reasoning_budget}")
     if cfg.rpc:
-        from .. import _core
-        from ..rpc import parse_endpoints
+        from ..rpc import parse_endpoints, supported
         try:
             cfg.rpc = ",".join(parse_endpoints(cfg.rpc))
         except ValueError as e:
             raise ConfigError(f"--rpc: {e}") from None
-        if not _core.supports_rpc():
+        if not supported():
             raise ConfigError('--rpc: this build has no RPC backend (reinstall with CMAKE_ARGS="-DGGML_RPC=ON")')
     if not cfg.model:
         raise ConfigError("no model: pass -m/--model FILE (or set LLAMA_ARG_MODEL)")

@@ -9,9 +9,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from ..engine import EngineStoppedError
-from ..errors import ChatTemplateError, ContextLimitError, GrammarError, PyllamaError, TokenizeError
-from .errors import APIError, error_response
+from .errors import api_error, error_response
 from .state import CONFIG
 
 logger = logging.getLogger("pyllama.server")
@@ -25,29 +23,18 @@ STATIC_SUFFIXES = (".html", ".js", ".css", ".svg", ".ico", ".png")
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except APIError as e:
-        return web.json_response(e.body(), status=e.status)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         msg = {404: "File Not Found", 405: "Method Not Allowed", 413: "request body too large"}.get(e.status, e.reason)
         return error_response(e.status, msg)
-    except ContextLimitError as e:
-        return error_response(400, str(e), "exceed_context_size_error", n_prompt_tokens=e.n_tokens, n_ctx=e.n_ctx)
-    except (GrammarError, ChatTemplateError, TokenizeError) as e:
-        return error_response(400, str(e))
-    except EngineStoppedError:
-        return error_response(503, "the server is shutting down")
     except (asyncio.CancelledError, ConnectionResetError):
         raise
-    except PyllamaError as e:
-        logger.exception("request failed")
-        return error_response(500, str(e))
-    except ValueError as e:
-        return error_response(400, str(e))
     except Exception as e:  # noqa: BLE001 - never crash the server on one request
-        logger.exception("unhandled error")
-        return error_response(500, f"internal error: {type(e).__name__}: {e}")
+        err = api_error(e)
+        if err.status == 500:
+            logger.exception("request failed")
+        return error_response(err.status, err.message, err.type, **err.extra)
 
 
 def _strip_prefix(request: web.Request) -> str:

@@ -2,20 +2,22 @@
 /props, /slots, /metrics, /embedding(s)."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 from typing import Any, Dict, List, Optional
 
 from aiohttp import web
 
 from .. import __version__
 from ..engine import RequestOutput
-from ..errors import PyllamaError, StateError
+from ..errors import PyllamaError
+from ..frontend import ChatInput, Prepared
 from . import metrics as prom
-from .common import error_of, parse
-from .errors import APIError, error_response, require_enabled
-from .generation import (submit_all, collect, make_request, request_lora, merged, prompt_tokens, sampling_params,
-                         stop_list)
+from .common import json_response, parse
+from .errors import APIError, error_of, error_response, require_enabled
+from .generation import collect, merged, options, start
 from .openai import compute_embeddings
 from .schemas import ApplyTemplateRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .sse import SSEWriter
@@ -28,8 +30,9 @@ async def health(request: web.Request) -> web.Response:
         return error_response(503, f"Model failed to load: {st.load_error}")
     if not st.ready:
         return error_response(503, "Loading model")
-    if st.engine is not None and st.engine.running and st.engine.core.fatal_error:
-        return error_response(503, f"the engine's last decode failed: {st.engine.core.fatal_error}")
+    fatal = st.engine.fatal_error if st.engine is not None and st.engine.running else None
+    if fatal:
+        return error_response(503, f"the engine's last decode failed: {fatal}")
     return web.json_response({"status": "ok"})
 
 
@@ -64,7 +67,7 @@ def _probs(st: ServerState, o: RequestOutput) -> List[Dict[str, Any]]:
 
 def generation_settings(st: ServerState, req: Optional[CompletionRequest] = None) -> Dict[str, Any]:
     cfg = st.config
-    d = {"n_ctx": st.engine.core.runner.n_ctx_slot if st.engine and st.engine.running else cfg.ctx_size,
+    d = {"n_ctx": st.engine.n_ctx_slot if st.engine and st.engine.running else cfg.ctx_size,
          "model": cfg.model_name, "n_predict": cfg.n_predict, "temperature": cfg.temperature, "top_k": cfg.top_k,
          "top_p": cfg.top_p, "min_p": cfg.min_p, "typical_p": cfg.typical_p, "repeat_penalty": cfg.repeat_penalty,
          "repeat_last_n": cfg.repeat_last_n, "presence_penalty": cfg.presence_penalty,
@@ -74,21 +77,24 @@ def generation_settings(st: ServerState, req: Optional[CompletionRequest] = None
     return d
 
 
+def completion_prepare(st: ServerState, req: CompletionRequest, prompt: Any = None) -> Prepared:
+    """/completion's engine requests (``prompt``: tokens built elsewhere, e.g. /infill's)."""
+    return st.fe.completion(req.prompt if prompt is None else prompt, options(req), n=req.n_cmpl,
+                            max_tokens=req.n_predict if req.n_predict is not None else req.max_tokens,
+                            stop=req.stop, n_probs=req.n_probs or 0)
+
+
 async def completion(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE].require()
-    return await run_completion(request, st, await parse(request, CompletionRequest))
+    req = await parse(request, CompletionRequest)
+    return await run_completion(request, st, req, *await start(st, lambda: completion_prepare(st, req)))
 
 
-async def run_completion(request: web.Request, st: ServerState, req: CompletionRequest) -> web.StreamResponse:
+async def run_completion(request: web.Request, st: ServerState, req: CompletionRequest, prepared: Prepared,
+                         streams: List[Any]) -> web.StreamResponse:
     cfg, vocab = st.config, st.vocab
-    prompts = prompt_tokens(vocab, req.prompt)
-    sampling = sampling_params(req, cfg, vocab)
-    max_tokens = req.n_predict if req.n_predict is not None else req.max_tokens
+    reqs = prepared.requests
     n_probs = req.n_probs or 0
-    lora = request_lora(req, st.lora_scales())
-    reqs = [make_request(p, req, cfg, sampling, max_tokens=max_tokens, stop=stop_list(req.stop), n_probs=n_probs,
-                         choice=j, lora=lora) for p in prompts for j in range(req.n_cmpl)]
-    streams = submit_all(st.engine, reqs)
 
     def final_fields(i: int, o: RequestOutput, content: str, tokens: List[int]) -> Dict[str, Any]:
         d: Dict[str, Any] = {
@@ -109,11 +115,10 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
         async with SSEWriter(request, cfg.sse_ping_interval) as sse:
             async for i, o in merged(streams):
                 if o.finished and o.error is not None:
-                    await sse.send(error_of(o))
+                    await sse.send(error_of(o.error))
                     return sse.response
-                if o.finished:
-                    d = final_fields(i, o, o.text, o.token_ids)
-                    await sse.send(d)
+                if o.finished:     # it echoes the prompt: built on the worker pool
+                    await sse.send(await st.workers.run(final_fields, i, o, o.text, o.token_ids))
                 elif o.text or o.token_ids:
                     chunk: Dict[str, Any] = {"index": i, "content": o.text, "tokens": o.token_ids, "stop": False,
                                              "id_slot": o.id_slot}
@@ -125,49 +130,45 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
         return sse.response
 
     outs = await collect(streams)
-    results = []
-    for i, o in enumerate(outs):
-        results.append(final_fields(i, o, o.text, o.token_ids))
-    return web.json_response(results[0] if len(results) == 1 else results)
+
+    def body() -> bytes:
+        results = [final_fields(i, o, o.text, o.token_ids) for i, o in enumerate(outs)]
+        return json.dumps(results[0] if len(results) == 1 else results).encode()
+
+    return web.Response(body=await st.workers.run(body), content_type="application/json", charset="utf-8")
 
 
 async def tokenize(request: web.Request) -> web.Response:
     st = request.app[STATE].require()
     req = await parse(request, TokenizeRequest)
-    vocab = st.vocab
-    toks = vocab.tokenize(req.content, add_special=req.add_special, parse_special=req.parse_special)
-    if not req.with_pieces:
-        return web.json_response({"tokens": toks})
-    out = []
-    for t in toks:
-        piece = vocab.token_to_piece(t, special=True)
-        try:
-            p: Any = piece.decode("utf-8")
-        except UnicodeDecodeError:
-            p = list(piece)
-        out.append({"id": t, "piece": p})
-    return web.json_response({"tokens": out})
+    fe = st.fe
+
+    def work() -> bytes:
+        if req.with_pieces:
+            return json.dumps({"tokens": fe.tokenize_with_pieces(req.content, req.add_special,
+                                                                  req.parse_special)}).encode()
+        toks = fe.tokenize(req.content, req.add_special, req.parse_special)
+        # in pieces: one json.dumps of millions of ids would hold the GIL (and stall the loop) for long
+        parts = [", ".join(map(str, toks[i:i + 65536])) for i in range(0, len(toks), 65536)]
+        return ('{"tokens": [' + ", ".join(parts) + "]}").encode()
+
+    return web.Response(body=await st.workers.run(work), content_type="application/json", charset="utf-8")
 
 
 async def detokenize(request: web.Request) -> web.Response:
     st = request.app[STATE].require()
     req = await parse(request, DetokenizeRequest)
-    vocab = st.vocab
-    bad = [t for t in req.tokens if not 0 <= t < vocab.n_vocab]
-    if bad:
-        raise APIError(400, f"token id {bad[0]} out of range [0, {vocab.n_vocab})")
-    return web.json_response({"content": vocab.detokenize(req.tokens, unparse_special=True)})
+    return await json_response(request, {"content": await st.workers.run(st.fe.detokenize, req.tokens)})
 
 
 async def apply_template(request: web.Request) -> web.Response:
     st = request.app[STATE].require()
     req = await parse(request, ApplyTemplateRequest)
-    from .openai import render_chat
-    from .schemas import ChatCompletionRequest
-    chat = ChatCompletionRequest(messages=req.messages, tools=req.tools, tool_choice=req.tool_choice,
-                                 chat_template_kwargs=req.chat_template_kwargs,
-                                 add_generation_prompt=req.add_generation_prompt)
-    return web.json_response({"prompt": render_chat(st, chat)["prompt"]})
+    chat = ChatInput(messages=[m.model_dump(exclude_none=True) for m in req.messages], tools=req.tools,
+                     tool_choice=req.tool_choice, chat_template_kwargs=req.chat_template_kwargs,
+                     add_generation_prompt=req.add_generation_prompt)
+    rendered = await st.workers.run(st.fe.render, chat)
+    return await json_response(request, {"prompt": rendered.prompt})
 
 
 async def props(request: web.Request) -> web.Response:
@@ -175,16 +176,17 @@ async def props(request: web.Request) -> web.Response:
     cfg = st.config
     d: Dict[str, Any] = {
         "default_generation_settings": {"id": 0, "n_ctx": cfg.ctx_size, "params": generation_settings(st)}
-        if not st.ready else {"n_ctx": st.engine.core.runner.n_ctx_slot, "params": generation_settings(st)},
+        if not st.ready else {"n_ctx": st.engine.n_ctx_slot, "params": generation_settings(st)},
         "total_slots": cfg.n_slots, "model_alias": cfg.model_name, "model_path": cfg.model or "",
         "modalities": {"vision": False, "audio": False}, "endpoint_slots": cfg.slots,
         "endpoint_props": cfg.props, "endpoint_metrics": cfg.metrics, "webui": cfg.ui,
         "build_info": f"pyllama {__version__}", "is_sleeping": False,
     }
-    if st.ready and st.templates is not None:
-        d["chat_template"] = st.templates.source() or ""
-        d["chat_template_caps"] = st.templates.caps
-        tu = st.templates.source("tool_use")
+    if st.ready and st.frontend is not None:
+        templates = st.frontend.bundle.templates
+        d["chat_template"] = templates.source() or ""
+        d["chat_template_caps"] = templates.caps
+        tu = templates.source("tool_use")
         if tu:
             d["chat_template_tool_use"] = tu
         d["bos_token"] = st.vocab.token_to_piece(st.vocab.bos).decode("utf-8", "replace") if st.vocab.bos is not None else ""
@@ -223,32 +225,29 @@ async def slot_action(request: web.Request) -> web.Response:
     action = request.query.get("action", "")
     if action not in ("save", "restore", "erase"):
         raise APIError(400, "invalid action: use ?action=save|restore|erase")
+    engine = st.engine
+    assert engine is not None
     try:
         if action == "erase":
-            res = await st.engine.erase_slot(id_slot)
-            return web.json_response(res)
+            erased = await engine.erase_slot(id_slot)
+            return web.json_response({"id_slot": erased.id_slot, "n_erased": erased.n_erased})
         require_enabled(cfg.slot_save_path, "slot save/restore", "--slot-save-path")
         body = await request.json() if request.can_read_body else {}
         filename = body.get("filename") if isinstance(body, dict) else None
         if not isinstance(filename, str) or not filename or not _SAFE.match(filename) or filename in (".", ".."):
             raise APIError(400, "Invalid filename")
         path = os.path.join(cfg.slot_save_path, filename)
-        import time
         t0 = time.perf_counter()
         if action == "save":
-            res = await st.engine.save_slot(id_slot, path)
-            return web.json_response({"id_slot": id_slot, "filename": filename, "n_saved": res["n_saved"],
-                                      "n_written": res["n_written"],
+            saved = await engine.save_slot(id_slot, path)
+            return web.json_response({"id_slot": id_slot, "filename": filename, "n_saved": saved.n_saved,
+                                      "n_written": saved.n_written,
                                       "timings": {"save_ms": (time.perf_counter() - t0) * 1e3}})
-        res = await st.engine.restore_slot(id_slot, path)
-        return web.json_response({"id_slot": id_slot, "filename": filename, "n_restored": res["n_restored"],
-                                  "n_read": os.path.getsize(path),
+        restored = await engine.restore_slot(id_slot, path)
+        return web.json_response({"id_slot": id_slot, "filename": filename, "n_restored": restored.n_restored,
+                                  "n_read": restored.n_read,
                                   "timings": {"restore_ms": (time.perf_counter() - t0) * 1e3}})
-    except ValueError as e:
-        raise APIError(400, str(e)) from None
-    except StateError as e:
-        raise APIError(400, str(e)) from None
-    except PyllamaError as e:
+    except (ValueError, PyllamaError) as e:     # a bad slot, a busy slot, a file that cannot be used
         raise APIError(400, str(e)) from None
 
 

@@ -12,12 +12,14 @@ from typing import Any, Dict, List, Optional
 
 from aiohttp import web
 
-from ..chat import ChatDeltaParser
+from ..frontend import ChatDeltaParser
 from ..engine import RequestOutput
-from .common import error_of, now, read_json, validate
-from .errors import APIError
+from ..frontend import formatting as fmt
+from ..frontend.formatting import now
+from .common import decode_json, read_body, validate
+from .errors import APIError, error_of
 from .generation import collect, merged
-from .openai import assemble_message, count_chat_tokens, model_name, prepare_chat
+from .pipeline import count_chat_tokens, model_name, start_chat
 from .schemas import ChatCompletionRequest, ResponsesRequest
 from .sse import SSEWriter
 from .state import STATE, ServerState
@@ -173,12 +175,17 @@ def responses_to_chat(body: Dict[str, Any]) -> Dict[str, Any]:
     return chat
 
 
-async def _parse(request: web.Request) -> ChatCompletionRequest:
-    body = await read_json(request)
+def _to_chat(raw: bytes) -> ChatCompletionRequest:
+    body = decode_json(raw)
     if isinstance(body, dict) and "input" not in body:
         raise APIError(400, "'input' is required")
     validate(ResponsesRequest, body)
     return validate(ChatCompletionRequest, responses_to_chat(body))
+
+
+async def _parse(request: web.Request) -> ChatCompletionRequest:
+    """The body converted to a chat request, on the worker pool."""
+    return await request.app[STATE].workers.run(_to_chat, await read_body(request))
 
 
 def _usage(o: RequestOutput) -> Dict[str, Any]:
@@ -224,12 +231,12 @@ async def responses(request: web.Request) -> web.StreamResponse:
     """POST /v1/responses."""
     st = request.app[STATE].require()
     req = await _parse(request)
-    rendered, _, streams = prepare_chat(st, req)
+    prepared, streams = await start_chat(st, req)
     ids, created, model = _Ids(), now(), model_name(st, req.model)
-    parser = ChatDeltaParser(rendered.get("syntax"))
+    parser = ChatDeltaParser(prepared.rendered.syntax)
     if not req.stream:
         (o,) = await collect(streams)
-        out = _output_items(ids, assemble_message(parser, o.text))
+        out = _output_items(ids, fmt.assemble_message(parser, o.text))
         res = _response(ids, model, created, "completed", out, o)
         res["timings"] = o.timings
         return web.json_response(res)
@@ -260,7 +267,7 @@ async def _stream(request: web.Request, st: ServerState, streams: List[Any], par
         calls: List[str] = []
         async for _, o in merged(streams):
             if o.finished and o.error is not None:
-                await sse.send(error_of(o))
+                await sse.send(error_of(o.error))
                 return sse.response
             text += o.text
             for d in parser.feed(text, partial=not o.finished):
@@ -295,7 +302,7 @@ async def _stream(request: web.Request, st: ServerState, streams: List[Any], par
                         await send(sse, "response.function_call_arguments.delta", {
                             "item_id": "fc_" + calls[i], "output_index": index[f"fc{i}"], "delta": args})
             if o.finished:
-                msg = assemble_message(ChatDeltaParser(parser.syntax), text)
+                msg = fmt.assemble_message(ChatDeltaParser(parser.syntax), text)
                 # the ids the stream used for the calls
                 for call, cid in zip(msg.get("tool_calls") or [], calls):
                     call["id"] = cid
@@ -329,4 +336,4 @@ async def input_tokens(request: web.Request) -> web.Response:
     """POST /v1/responses/input_tokens: the token count of the converted request's rendered prompt."""
     st = request.app[STATE].require()
     req = await _parse(request)
-    return web.json_response({"object": "response.input_tokens", "input_tokens": count_chat_tokens(st, req)})
+    return web.json_response({"object": "response.input_tokens", "input_tokens": await count_chat_tokens(st, req)})

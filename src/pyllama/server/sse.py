@@ -57,8 +57,5 @@ class SSEWriter:
         await self._write(b"event: " + event.encode() + b"\ndata: "
                           + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n")
 
-    async def send_error(self, obj: Any) -> None:
-        await self._write(b"error: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n")
-
     async def done(self) -> None:
         await self._write(b"data: [DONE]\n\n")
