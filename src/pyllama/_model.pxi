@@ -347,8 +347,7 @@ cdef class Vocab:
             raise TokenizeError(f"token id {t} out of range [0, {self.n_vocab})")
         return 0
 
-    def tokenize(self, text, bint add_special=True, bint parse_special=False):
-        """Text (str or UTF-8 bytes) to a list of token ids."""
+    cdef vector[llama_token] _tokenize(self, text, bint add_special, bint parse_special) except *:
         cdef const llama_vocab * v = self._v()
         cdef bytes b
         if isinstance(text, str):
@@ -363,16 +362,34 @@ cdef class Vocab:
             raise TokenizeError("text too long to tokenize")
         cdef int32_t ln = <int32_t>nbytes
         cdef vector[llama_token] toks
-        toks.resize(ln + 4)
         cdef int32_t n
         with nogil:
+            toks.resize(ln + 4)     # zero-filling up to 4 bytes per input byte takes a while too
             n = llama_tokenize(v, c, ln, toks.data(), <int32_t>toks.size(), add_special, parse_special)
             if n < 0 and n != -2147483648:
                 toks.resize(-n)
                 n = llama_tokenize(v, c, ln, toks.data(), <int32_t>toks.size(), add_special, parse_special)
+            if n >= 0:
+                toks.resize(n)
         if n < 0:
             raise TokenizeError("tokenization failed (the result would overflow int32)")
-        return [toks[i] for i in range(n)]
+        return toks
+
+    def tokenize(self, text, bint add_special=True, bint parse_special=False):
+        """Text (str or UTF-8 bytes) to a list of token ids."""
+        cdef vector[llama_token] toks = self._tokenize(text, add_special, parse_special)
+        return [toks[i] for i in range(toks.size())]
+
+    def tokenize_array(self, text, bint add_special=True, bint parse_special=False):
+        """Like tokenize(), as a numpy int32 array: no Python int per token, so a long text
+        holds the GIL only for a copy (the caller can convert it in pieces)."""
+        cdef vector[llama_token] toks = self._tokenize(text, add_special, parse_special)
+        arr = _np.empty(toks.size(), dtype=_np.int32)
+        cdef int32_t[::1] view = arr
+        if toks.size():
+            with nogil:
+                memcpy(&view[0], toks.data(), toks.size() * sizeof(llama_token))
+        return arr
 
     def token_to_piece(self, token, bint special=True, int32_t lstrip=0):
         """The raw bytes one token renders to (may be a partial UTF-8 character)."""

@@ -147,10 +147,7 @@ async def tokenize(request: web.Request) -> web.Response:
         if req.with_pieces:
             return json.dumps({"tokens": fe.tokenize_with_pieces(req.content, req.add_special,
                                                                   req.parse_special)}).encode()
-        toks = fe.tokenize(req.content, req.add_special, req.parse_special)
-        # in pieces: one json.dumps of millions of ids would hold the GIL (and stall the loop) for long
-        parts = [", ".join(map(str, toks[i:i + 65536])) for i in range(0, len(toks), 65536)]
-        return ('{"tokens": [' + ", ".join(parts) + "]}").encode()
+        return fe.tokenize_json(req.content, req.add_special, req.parse_special)
 
     return web.Response(body=await st.workers.run(work), content_type="application/json", charset="utf-8")
 
