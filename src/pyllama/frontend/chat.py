@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import _core
 from ..errors import ChatTemplateError, InvalidRequestError
+from .limits import Limits
 
 
 def new_id(prefix: str) -> str:
@@ -94,16 +95,20 @@ class RenderedChat:
                    format_name=d.get("format_name") or "", raw=dict(d))
 
 
-def render_chat(templates: "_core.ChatTemplates", chat: ChatInput,
-                defaults: ChatDefaults = ChatDefaults()) -> RenderedChat:
+def render_chat(templates: "_core.ChatTemplates", chat: ChatInput, defaults: ChatDefaults = ChatDefaults(),
+                limits: Limits = Limits()) -> RenderedChat:
     """Render ``chat`` with the templates. A JSON schema comes from ``response_format`` or
-    ``json_schema`` (not both), and not together with ``grammar``. Raises InvalidRequestError,
-    ChatTemplateError or GrammarError (the template's own complaints)."""
+    ``json_schema`` (not both), and not together with ``grammar``. Raises InvalidRequestError
+    (also past a limit), ChatTemplateError or GrammarError (the template's own complaints)."""
+    limits.check_count("messages", len(chat.messages), limits.max_chat_messages)
+    limits.check_schema("tools", chat.tools)
+    limits.check_grammar(chat.grammar)
     json_schema = json_schema_from_response_format(chat.response_format)
     if json_schema is not None and chat.json_schema is not None:
         raise InvalidRequestError("use either response_format or json_schema, not both")
     if json_schema is None:
         json_schema = chat.json_schema
+    limits.check_schema("JSON schema", json_schema)
     if json_schema is not None and chat.grammar:
         raise InvalidRequestError("use either grammar or a JSON schema (response_format, json_schema), not both")
     kwargs = dict(defaults.chat_template_kwargs)

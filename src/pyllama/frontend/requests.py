@@ -15,6 +15,7 @@ from .. import _core
 from ..engine import Request
 from ..errors import InvalidRequestError
 from ..params import DEFAULT_SEED, SamplingParams
+from .limits import Limits
 from .chat import RenderedChat, chat_reasoning_sampling, grammar_sampling, reasoning_budget_sampling
 from .prompts import logit_bias_pairs
 
@@ -124,10 +125,11 @@ class RequestBuilder:
     """Turns options into SamplingParams and Requests for one vocabulary and one set of defaults."""
 
     def __init__(self, vocab: "_core.Vocab", defaults: GenerationDefaults = GenerationDefaults(),
-                 n_adapters: int = 0):
+                 n_adapters: int = 0, limits: Limits = Limits()):
         self.vocab = vocab
         self.defaults = defaults
         self.n_adapters = n_adapters
+        self.limits = limits
 
     def _reasoning(self, o: GenerationOptions, rendered: Optional[RenderedChat]) -> Dict[str, Any]:
         """The reasoning budget fields, as llama-server fills them. Chat (``rendered`` given;
@@ -162,6 +164,8 @@ class RequestBuilder:
             if v is not None:
                 kw[name] = v
         if o.dry_sequence_breakers is not None:
+            self.limits.check_count("dry_sequence_breakers", len(o.dry_sequence_breakers),
+                                    self.limits.max_dry_sequence_breakers)
             kw["dry_sequence_breakers"] = tuple(o.dry_sequence_breakers)
         if o.samplers is not None:
             names = o.samplers.split(";") if isinstance(o.samplers, str) else o.samplers
@@ -174,6 +178,8 @@ class RequestBuilder:
         if o.grammar and o.json_schema:
             raise InvalidRequestError("use either grammar or json_schema, not both")
         if "grammar" not in kw:
+            self.limits.check_schema("json_schema", o.json_schema)
+            self.limits.check_grammar(o.grammar)
             if o.json_schema is not None:
                 kw["grammar"] = _core.json_schema_to_grammar(o.json_schema)    # GrammarError if invalid
             elif o.grammar:

@@ -14,6 +14,7 @@ from .. import _core
 from ..engine import Request
 from ..errors import InvalidRequestError
 from .bundle import ModelBundle
+from .limits import Limits
 from .chat import ChatDefaults, ChatInput, RenderedChat, chat_stops, render_chat
 from .prompts import (check_token, embedding_inputs, infill_prompt, prompt_tokens, rerank_prompts,
                       token_pieces)
@@ -53,12 +54,14 @@ class Frontend:
     call from any thread; ``run`` calls one on the pool."""
 
     def __init__(self, bundle: ModelBundle, *, defaults: GenerationDefaults = GenerationDefaults(),
-                 chat_defaults: ChatDefaults = ChatDefaults(), workers: Optional[Workers] = None):
+                 chat_defaults: ChatDefaults = ChatDefaults(), workers: Optional[Workers] = None,
+                 limits: Limits = Limits()):
         self.bundle = bundle
         self.vocab: "_core.Vocab" = bundle.vocab
         self.defaults = defaults
         self.chat_defaults = chat_defaults
-        self.builder = RequestBuilder(self.vocab, defaults, n_adapters=len(bundle.loras))
+        self.limits = limits
+        self.builder = RequestBuilder(self.vocab, defaults, n_adapters=len(bundle.loras), limits=limits)
         self.workers = workers
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -97,7 +100,7 @@ class Frontend:
 
     # ---- chat ----
     def render(self, chat: ChatInput) -> RenderedChat:
-        return render_chat(self.bundle.templates, chat, self.chat_defaults)
+        return render_chat(self.bundle.templates, chat, self.chat_defaults, self.limits)
 
     def chat_prompt_tokens(self, rendered: RenderedChat) -> List[int]:
         return self.vocab.tokenize(rendered.prompt, add_special=True, parse_special=True)
