@@ -5,7 +5,8 @@
   end. Its stdout and stderr go to a log file, which is attached to the report of a failed test
   (and to the error when the server does not come up).
 - ``inproc(argv, scenario, **config)`` runs ``scenario(client)`` against ``create_app`` under
-  aiohttp's TestServer/TestClient in a fresh event loop (plain ``asyncio.run``: no pytest plugin).
+  aiohttp's TestServer/TestClient in a fresh event loop (plain ``asyncio.run``: no pytest plugin);
+  ``config`` overrides fields of the parsed ServerConfig (``ServerConfig.with_``: by name or path).
 
 Servers run with one thread (``-t 1 -tb 1``): the models are tiny, and on a busy machine
 ggml's spinning worker threads slow decoding down by an order of magnitude.
@@ -281,10 +282,7 @@ def run_inproc(argv: List[str], scenario: Callable[[Any], Awaitable[Any]], **con
     from pyllama.server import create_app, parse_args, wait_ready
 
     async def main() -> Any:
-        cfg = parse_args([*ONE_THREAD, *argv], environ={})
-        for k, v in config.items():
-            assert hasattr(cfg, k), k
-            setattr(cfg, k, v)
+        cfg = parse_args([*ONE_THREAD, *argv], environ={}).with_(**config)
         app = create_app(cfg)
         async with TestClient(TestServer(app)) as client:
             await wait_ready(app, timeout=START_TIMEOUT)

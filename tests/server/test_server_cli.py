@@ -56,20 +56,22 @@ def test_env_vars_and_flag_precedence():
            "LLAMA_ARG_ENDPOINT_METRICS": "1", "LLAMA_API_KEY": "a,b", "LLAMA_ARG_PORT": "9999",
            "LLAMA_ARG_HOST": "0.0.0.0"}
     cfg = parse_args([], environ=env)
-    assert cfg.ctx_size == 1024 and cfg.model == "env.gguf" and cfg.parallel == 3 and cfg.n_slots == 3
-    assert cfg.metrics is True and cfg.api_keys == ["a", "b"] and cfg.port == 9999 and cfg.host == "0.0.0.0"
+    assert cfg.context.n_ctx == 1024 and cfg.model.path == "env.gguf" and cfg.engine.n_parallel == 3
+    assert cfg.n_slots == 3 and cfg.endpoints.metrics is True and cfg.http.api_keys == ("a", "b")
+    assert cfg.http.port == 9999 and cfg.http.host == "0.0.0.0"
     # a flag wins over its variable, in every spelling
-    assert parse_args(["-c", "512"], environ=env).ctx_size == 512
-    assert parse_args(["--ctx-size", "256"], environ=env).ctx_size == 256
-    assert parse_args(["--ctx-size=128"], environ=env).ctx_size == 128
-    assert parse_args(["-m", "flag.gguf"], environ=env).model == "flag.gguf"
-    assert parse_args(["--api-key", "z"], environ=env).api_keys == ["z"]
+    assert parse_args(["-c", "512"], environ=env).context.n_ctx == 512
+    assert parse_args(["--ctx-size", "256"], environ=env).context.n_ctx == 256
+    assert parse_args(["--ctx-size=128"], environ=env).context.n_ctx == 128
+    assert parse_args(["-m", "flag.gguf"], environ=env).model.path == "flag.gguf"
+    assert parse_args(["--api-key", "z"], environ=env).http.api_keys == ("z",)
     assert parse_args(["-np", "2"], environ=env).n_slots == 2
     # no variables: the defaults
     cfg = parse_args(["-m", "x.gguf"], environ={})
-    assert cfg.ctx_size == 0 and cfg.n_slots == 4 and cfg.unified and not cfg.metrics and cfg.api_keys == []
+    assert cfg.context.n_ctx == 0 and cfg.n_slots == 4 and cfg.unified and not cfg.endpoints.metrics
+    assert cfg.http.api_keys == ()
     assert not parse_args(["-m", "x.gguf", "-np", "4"], environ={}).unified    # explicit -np: per-slot KV
-    assert parse_args(["-m", "x.gguf"], environ={"LLAMA_ARG_ENDPOINT_METRICS": "0"}).metrics is False
+    assert parse_args(["-m", "x.gguf"], environ={"LLAMA_ARG_ENDPOINT_METRICS": "0"}).endpoints.metrics is False
 
 
 def test_parse_args_errors():
@@ -90,20 +92,22 @@ def test_parse_args_errors():
 def test_api_key_file(tmp_path):
     f = tmp_path / "keys.txt"
     f.write_text("# comment\nk1\n\n  k2  \n")
-    assert parse_args(["-m", "x.gguf", "--api-key-file", str(f), "--api-key", "k0"], environ={}).api_keys == \
-        ["k0", "k1", "k2"]
+    assert parse_args(["-m", "x.gguf", "--api-key-file", str(f), "--api-key", "k0"], environ={}).http.api_keys == \
+        ("k0", "k1", "k2")
 
 
 def test_cache_reuse_flag_and_env():
-    assert parse_args(["-m", "x.gguf"], environ={}).cache_reuse == 0
-    assert parse_args(["-m", "x.gguf", "--cache-reuse", "256"], environ={}).cache_reuse == 256
-    assert parse_args(["-m", "x.gguf"], environ={"LLAMA_ARG_CACHE_REUSE": "64"}).cache_reuse == 64
-    assert parse_args(["-m", "x.gguf", "--cache-reuse", "0"], environ={"LLAMA_ARG_CACHE_REUSE": "64"}).cache_reuse == 0
+    def reuse(*a, env=None):
+        return parse_args(["-m", "x.gguf", *a], environ=env or {}).generation.cache_reuse
+    assert reuse() == 0
+    assert reuse("--cache-reuse", "256") == 256
+    assert reuse(env={"LLAMA_ARG_CACHE_REUSE": "64"}) == 64
+    assert reuse("--cache-reuse", "0", env={"LLAMA_ARG_CACHE_REUSE": "64"}) == 0
 
 
 def test_no_cont_batching_is_parsed():
-    assert parse_args(["-m", "x.gguf", "-nocb"], environ={}).cont_batching is False
-    assert parse_args(["-m", "x.gguf"], environ={"LLAMA_ARG_CONT_BATCHING": "0"}).cont_batching is False
+    assert parse_args(["-m", "x.gguf", "-nocb"], environ={}).engine.cont_batching is False
+    assert parse_args(["-m", "x.gguf"], environ={"LLAMA_ARG_CONT_BATCHING": "0"}).engine.cont_batching is False
 
 
 def test_model_that_fails_to_load_exits_1(tmp_path):
@@ -115,7 +119,8 @@ def test_model_that_fails_to_load_exits_1(tmp_path):
 
 
 def test_reasoning_flags_set_template_defaults():
-    kw = lambda *a, env=None: parse_args(["-m", "x.gguf", *a], environ=env or {}).chat_template_kwargs  # noqa: E731
+    def kw(*a, env=None):
+        return parse_args(["-m", "x.gguf", *a], environ=env or {}).chat.chat_template_kwargs
     assert kw() == {}
     assert kw("-rea", "off") == {"enable_thinking": False}
     assert kw("--reasoning", "on") == {"enable_thinking": True}
@@ -143,16 +148,15 @@ def test_reasoning_off_closes_the_thinking_block(inproc, thinking_model_path):
 
 
 def test_cache_ram_flags_and_env():
-    cfg = parse_args(["-m", "x.gguf"], environ={})
-    assert cfg.cache_ram == 8192 and cfg.cache_idle_slots is True          # llama-server's defaults
-    assert parse_args(["-m", "x.gguf", "-cram", "0"], environ={}).cache_ram == 0
-    assert parse_args(["-m", "x.gguf", "--cache-ram", "-1"], environ={}).cache_ram == -1
-    assert parse_args(["-m", "x.gguf", "--cache-ram=512"], environ={}).cache_ram == 512
-    assert parse_args(["-m", "x.gguf", "--no-cache-idle-slots"], environ={}).cache_idle_slots is False
+    eng = lambda *a, env=None: parse_args(["-m", "x.gguf", *a], environ=env or {}).engine  # noqa: E731
+    assert eng().cache_ram_mib == 8192 and eng().cache_idle_slots is True    # llama-server's defaults
+    assert eng("-cram", "0").cache_ram_mib == 0
+    assert eng("--cache-ram", "-1").cache_ram_mib == -1
+    assert eng("--cache-ram=512").cache_ram_mib == 512
+    assert eng("--no-cache-idle-slots").cache_idle_slots is False
     env = {"LLAMA_ARG_CACHE_RAM": "256", "LLAMA_ARG_CACHE_IDLE_SLOTS": "0"}
-    cfg = parse_args(["-m", "x.gguf"], environ=env)
-    assert cfg.cache_ram == 256 and cfg.cache_idle_slots is False
-    cfg = parse_args(["-m", "x.gguf", "-cram", "100", "--cache-idle-slots"], environ=env)
-    assert cfg.cache_ram == 100 and cfg.cache_idle_slots is True           # flags win
+    assert eng(env=env).cache_ram_mib == 256 and eng(env=env).cache_idle_slots is False
+    e = eng("-cram", "100", "--cache-idle-slots", env=env)
+    assert e.cache_ram_mib == 100 and e.cache_idle_slots is True             # flags win
     r = run_cli("--help")
     assert "--cache-ram" in r.stdout and "--no-cache-idle-slots" in r.stdout

@@ -78,15 +78,15 @@ def check_free_tokens(k: int, budget: int, pieces: List[bytes]) -> None:
 
 def test_cli_flags_parse_and_are_not_refused():
     cfg = parse_args(["-m", "x.gguf", "--reasoning-budget", "12", "--reasoning-budget-message", "Done."], environ={})
-    assert (cfg.reasoning_budget, cfg.reasoning_budget_message) == (12, "Done.")
+    assert (cfg.generation.reasoning_budget, cfg.generation.reasoning_budget_message) == (12, "Done.")
     cfg = parse_args(["-m", "x.gguf"], environ={})
-    assert (cfg.reasoning_budget, cfg.reasoning_budget_message) == (-1, "")
-    assert parse_args(["-m", "x.gguf", "--reasoning-budget", "0"], environ={}).reasoning_budget == 0
+    assert (cfg.generation.reasoning_budget, cfg.generation.reasoning_budget_message) == (-1, "")
+    assert parse_args(["-m", "x.gguf", "--reasoning-budget", "0"], environ={}).generation.reasoning_budget == 0
     # llama-server's environment variables; a flag wins
     env = {"LLAMA_ARG_THINK_BUDGET": "7", "LLAMA_ARG_THINK_BUDGET_MESSAGE": "Enough."}
     cfg = parse_args(["-m", "x.gguf"], environ=env)
-    assert (cfg.reasoning_budget, cfg.reasoning_budget_message) == (7, "Enough.")
-    assert parse_args(["-m", "x.gguf", "--reasoning-budget=3"], environ=env).reasoning_budget == 3
+    assert (cfg.generation.reasoning_budget, cfg.generation.reasoning_budget_message) == (7, "Enough.")
+    assert parse_args(["-m", "x.gguf", "--reasoning-budget=3"], environ=env).generation.reasoning_budget == 3
     with pytest.raises(ConfigError, match="reasoning-budget"):
         parse_args(["-m", "x.gguf", "--reasoning-budget", "-5"], environ={})
     with pytest.raises(ConfigError, match="LLAMA_ARG_THINK_BUDGET"):

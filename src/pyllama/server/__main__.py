@@ -5,6 +5,7 @@ import json
 import logging
 import ssl
 import sys
+from dataclasses import replace
 from typing import Optional, Sequence
 
 from .config import ConfigError, ServerConfig, parse_args
@@ -32,13 +33,14 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(cfg: ServerConfig) -> None:
-    handler: logging.Handler = logging.FileHandler(cfg.log_file) if cfg.log_file else logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if cfg.log_format == "json"
+    log = cfg.log
+    handler: logging.Handler = logging.FileHandler(log.file) if log.file else logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log.format == "json"
                          else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if cfg.verbose else logging.INFO)
-    logging.getLogger("pyllama.llama_cpp").setLevel(logging.DEBUG if cfg.verbose else logging.WARNING)
+    root.setLevel(logging.DEBUG if log.verbose else logging.INFO)
+    logging.getLogger("pyllama.llama_cpp").setLevel(logging.DEBUG if log.verbose else logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
@@ -52,19 +54,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from aiohttp import web
 
     from .app import create_app
+    http = cfg.http
     ssl_ctx = None
-    if cfg.ssl_cert_file:
+    if http.ssl_cert_file:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_ctx.load_cert_chain(cfg.ssl_cert_file, cfg.ssl_key_file)
-    cfg.exit_on_load_error = True
-    app = create_app(cfg)
+        ssl_ctx.load_cert_chain(http.ssl_cert_file, http.ssl_key_file)
+    app = create_app(replace(cfg, exit_on_load_error=True))     # the command line server exits on a load error
     scheme = "https" if ssl_ctx else "http"
-    hosts = [h.strip() for h in cfg.host.split(",") if h.strip()]
+    hosts = [h.strip() for h in http.host.split(",") if h.strip()]
     # --timeout bounds how long an idle keep-alive connection is held (llama-server's read/write timeout)
-    web.run_app(app, host=hosts if len(hosts) > 1 else hosts[0], port=cfg.port, ssl_context=ssl_ctx,
-                shutdown_timeout=30.0, keepalive_timeout=float(cfg.timeout), handler_cancellation=True,
+    web.run_app(app, host=hosts if len(hosts) > 1 else hosts[0], port=http.port, ssl_context=ssl_ctx,
+                shutdown_timeout=30.0, keepalive_timeout=float(http.timeout), handler_cancellation=True,
                 access_log=None,
-                print=lambda *_: print(f"pyllama: listening on {scheme}://{cfg.host}:{cfg.port}{cfg.api_prefix}/",
+                print=lambda *_: print(f"pyllama: listening on {scheme}://{http.host}:{http.port}{http.api_prefix}/",
                                        file=sys.stderr, flush=True))
     from .state import STATE
     if app[STATE].load_error:

@@ -212,7 +212,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     async def send(sse: SSEWriter, typ: str, data: Dict[str, Any]) -> None:
         await sse.send_event(typ, {"type": typ, **data})
 
-    async with SSEWriter(request, st.config.sse_ping_interval) as sse:
+    async with SSEWriter(request, st.config.http.sse_ping_interval) as sse:
         await send(sse, "message_start", {"message": {
             "id": mid, "type": "message", "role": "assistant", "content": [], "model": model,
             "stop_reason": None, "stop_sequence": None,

@@ -10,14 +10,14 @@ import asyncio
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import AsyncIterator, Optional
 
 from aiohttp import web
 
 from ..engine import AsyncEngine
-from ..frontend import ChatDefaults, Frontend, GenerationDefaults, ModelBundle, Workers
-from ..params import ContextParams, ModelParams, SamplingParams
+from ..frontend import Frontend, ModelBundle, Workers
 from . import middlewares as mw
 from .config import ServerConfig
 from .routes import ROUTES
@@ -37,26 +37,6 @@ def _file_handler(path: Path, headers: Optional[dict] = None):
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(path, headers=headers)
     return handler
-
-
-def _model_params(cfg: ServerConfig) -> ModelParams:
-    return ModelParams(n_gpu_layers=cfg.n_gpu_layers, split_mode=cfg.split_mode, main_gpu=cfg.main_gpu,
-                       tensor_split=tuple(cfg.tensor_split) if cfg.tensor_split else None, use_mmap=cfg.mmap,
-                       use_mlock=cfg.mlock, check_tensors=cfg.check_tensors, kv_overrides=cfg.kv_overrides or None,
-                       rpc_servers=tuple(cfg.rpc.split(",")) if cfg.rpc else None)
-
-
-def _context_params(cfg: ServerConfig) -> ContextParams:
-    kw: dict = {}
-    if cfg.threads > 0:
-        kw["n_threads"] = cfg.threads
-    if cfg.threads_batch > 0:
-        kw["n_threads_batch"] = cfg.threads_batch
-    pooling = "rank" if cfg.reranking else (cfg.pooling or "unspecified")
-    return ContextParams(n_ctx=cfg.ctx_size, n_batch=cfg.batch_size, n_ubatch=min(cfg.ubatch_size, cfg.batch_size),
-                         flash_attn=cfg.flash_attn, type_k=cfg.cache_type_k, type_v=cfg.cache_type_v,
-                         embeddings=cfg.embedding or cfg.reranking, pooling_type=pooling,
-                         rope_freq_base=cfg.rope_freq_base, rope_freq_scale=cfg.rope_freq_scale, **kw)
 
 
 class _ProgressBar:
@@ -81,22 +61,11 @@ class _ProgressBar:
         return True
 
 
-def _generation_defaults(cfg: ServerConfig) -> GenerationDefaults:
-    sampling = SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
-                              typical_p=cfg.typical_p, repeat_penalty=cfg.repeat_penalty,
-                              repeat_last_n=cfg.repeat_last_n, presence_penalty=cfg.presence_penalty,
-                              frequency_penalty=cfg.frequency_penalty, seed=cfg.seed)
-    return GenerationDefaults(sampling=sampling, n_predict=cfg.n_predict, cache_prompt=cfg.cache_prompt,
-                              cache_reuse=cfg.cache_reuse, reasoning_budget=cfg.reasoning_budget,
-                              reasoning_budget_message=cfg.reasoning_budget_message)
-
-
 def load_blocking(st: ServerState) -> ModelBundle:
     """Load the model, the templates and the adapters (in a worker thread)."""
-    cfg = st.config
-    return ModelBundle.load(cfg.model, _model_params(cfg), chat_template=cfg.chat_template, jinja=cfg.jinja,
-                            loras=cfg.lora, lora_init_without_apply=cfg.lora_init_without_apply,
-                            progress_callback=_ProgressBar(st))
+    m = st.config.model
+    return ModelBundle.load(m.path, m.params, chat_template=m.chat_template, jinja=m.jinja, loras=m.lora,
+                            lora_init_without_apply=m.lora_init_without_apply, progress_callback=_ProgressBar(st))
 
 
 async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
@@ -106,30 +75,24 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
     try:
         if engine is None:
             bundle = await loop.run_in_executor(None, load_blocking, st)
-            if cfg.cache_ram != 0:
-                logger.info("prompt cache is enabled, size limit: %s",
-                            "no limit" if cfg.cache_ram < 0 else f"{cfg.cache_ram} MiB")
-            elif cfg.cache_idle_slots:
+            ram = cfg.engine.cache_ram_mib
+            if ram != 0:
+                logger.info("prompt cache is enabled, size limit: %s", "no limit" if ram < 0 else f"{ram} MiB")
+            elif cfg.engine.cache_idle_slots:
                 logger.warning("--cache-idle-slots requires --cache-ram, disabling")
-            st.frontend = Frontend(bundle, defaults=_generation_defaults(cfg), workers=st.workers,
-                                   chat_defaults=ChatDefaults(cfg.reasoning_format, cfg.chat_template_kwargs))
-            engine = AsyncEngine(bundle.model, _context_params(cfg), n_parallel=cfg.n_slots, kv_unified=cfg.unified,
-                                 context_shift=cfg.context_shift, n_keep=cfg.keep,
-                                 slot_prompt_similarity=cfg.slot_prompt_similarity,
-                                 cont_batching=cfg.cont_batching, cache_ram_mib=cfg.cache_ram,
-                                 cache_idle_slots=cfg.cache_idle_slots)
+            st.frontend = Frontend(bundle, defaults=cfg.generation, workers=st.workers, chat_defaults=cfg.chat)
+            engine = AsyncEngine(bundle.model, cfg.context, **asdict(cfg.engine))
             await loop.run_in_executor(None, engine.start, loop)
         else:
-            bundle = ModelBundle.of_model(engine.model, cfg.chat_template)
-            st.frontend = Frontend(bundle, defaults=_generation_defaults(cfg), workers=st.workers,
-                                   chat_defaults=ChatDefaults(cfg.reasoning_format, cfg.chat_template_kwargs))
+            bundle = ModelBundle.of_model(engine.model, cfg.model.chat_template)
+            st.frontend = Frontend(bundle, defaults=cfg.generation, workers=st.workers, chat_defaults=cfg.chat)
             if not engine.running:
                 engine.start(loop)
         st.engine = engine
         if bundle.loras:
             await engine.set_loras([s.adapter for s in bundle.loras], bundle.lora_scales())
         st.ready = True
-        if cfg.cache_reuse > 0 and not engine.can_shift:
+        if cfg.generation.cache_reuse > 0 and not engine.can_shift:
             logger.warning("cache_reuse is not supported by this context, it will be disabled")
         _log_loaded(cfg, bundle, engine)
     except Exception as e:  # noqa: BLE001 - reported by /health
@@ -145,9 +108,9 @@ def _log_loaded(cfg: ServerConfig, bundle: ModelBundle, engine: AsyncEngine) -> 
     m = bundle.model
     devices = ", ".join(f"{d['name']} ({d['description']})" for d in list_devices(memory=False))
     logger.info("model loaded", extra={"summary": {
-        "model": cfg.model, "alias": cfg.model_name, "params": m.n_params, "ctx": engine.n_ctx_slot,
+        "model": cfg.model.path, "alias": cfg.model_name, "params": m.n_params, "ctx": engine.n_ctx_slot,
         "slots": cfg.n_slots, "kv_unified": cfg.unified, "backends": list_backends(), "devices": devices}})
-    print(f"pyllama: {os.path.basename(cfg.model or '')}: {m.n_params / 1e6:.1f}M params, {m.ftype}, "
+    print(f"pyllama: {os.path.basename(cfg.model.path or '')}: {m.n_params / 1e6:.1f}M params, {m.ftype}, "
           f"n_ctx {engine.n_ctx_slot}{' per slot' if not cfg.unified else ''}, {cfg.n_slots} slots"
           f"{' (unified KV)' if cfg.unified else ''}, backends {'+'.join(list_backends())}, "
           f"devices: {devices}", file=sys.stderr, flush=True)
@@ -155,19 +118,20 @@ def _log_loaded(cfg: ServerConfig, bundle: ModelBundle, engine: AsyncEngine) -> 
 
 def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> web.Application:
     """The app. With ``engine`` (started or not) it serves that engine's model instead of loading one."""
-    app = web.Application(client_max_size=config.max_body_bytes,
+    http = config.http
+    app = web.Application(client_max_size=http.max_body_bytes,
                           middlewares=[mw.log_middleware, mw.cors_middleware, mw.error_middleware,
                                        mw.auth_middleware])
     app[CONFIG] = config
     app[STATE] = ServerState(config, Workers())
     app.on_response_prepare.append(mw.add_cors_headers)
-    prefix = config.api_prefix
+    prefix = http.api_prefix
     for method, path, handler in ROUTES:
         app.router.add_route(method, prefix + path, handler)
-    if config.static_path:
-        app.router.add_get(prefix + "/", _file_handler(Path(config.static_path) / "index.html"))
-        app.router.add_static(prefix + "/", config.static_path, show_index=False)
-    elif config.ui and (STATIC_DIR / "index.html").exists():
+    if http.static_path:
+        app.router.add_get(prefix + "/", _file_handler(Path(http.static_path) / "index.html"))
+        app.router.add_static(prefix + "/", http.static_path, show_index=False)
+    elif http.ui and (STATIC_DIR / "index.html").exists():
         app.router.add_get(prefix + "/", index)
         if prefix:
             async def to_slash(request: web.Request) -> web.StreamResponse:

@@ -15,7 +15,7 @@ from .state import STATE
 
 async def rerank(request: web.Request) -> web.Response:
     st = request.app[STATE].require()
-    require_enabled(st.config.reranking, "reranking", "--reranking")
+    require_enabled(st.config.endpoints.reranking, "reranking", "--reranking")
     req = await parse(request, RerankRequest)
     prompts = await st.workers.run(st.fe.rerank_prompts, req.query, req.documents)
     assert st.engine is not None

@@ -38,14 +38,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _strip_prefix(request: web.Request) -> str:
-    prefix = request.app[CONFIG].api_prefix
+    prefix = request.app[CONFIG].http.api_prefix
     path = request.path
     return path[len(prefix):] or "/" if prefix and path.startswith(prefix) else path
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[CONFIG].api_keys
+    keys = request.app[CONFIG].http.api_keys
     if not keys or request.method == "OPTIONS":
         return await handler(request)
     path = _strip_prefix(request)
@@ -62,7 +62,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _allowed_origin(request: web.Request) -> str:
-    cfg = request.app[CONFIG]
+    cfg = request.app[CONFIG].http
     origin = request.headers.get("Origin", "")
     allowed = [o.strip() for o in cfg.cors_origins.split(",") if o.strip()]
     if "*" in allowed:

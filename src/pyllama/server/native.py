@@ -14,6 +14,7 @@ from .. import __version__
 from ..engine import RequestOutput
 from ..errors import PyllamaError
 from ..frontend import ChatInput, Prepared
+from ..params import DEFAULT_SEED
 from . import metrics as prom
 from .common import json_response, parse
 from .errors import APIError, error_of, error_response, require_enabled
@@ -66,12 +67,13 @@ def _probs(st: ServerState, o: RequestOutput) -> List[Dict[str, Any]]:
 
 
 def generation_settings(st: ServerState, req: Optional[CompletionRequest] = None) -> Dict[str, Any]:
-    cfg = st.config
-    d = {"n_ctx": st.engine.n_ctx_slot if st.engine and st.engine.running else cfg.ctx_size,
-         "model": cfg.model_name, "n_predict": cfg.n_predict, "temperature": cfg.temperature, "top_k": cfg.top_k,
-         "top_p": cfg.top_p, "min_p": cfg.min_p, "typical_p": cfg.typical_p, "repeat_penalty": cfg.repeat_penalty,
-         "repeat_last_n": cfg.repeat_last_n, "presence_penalty": cfg.presence_penalty,
-         "frequency_penalty": cfg.frequency_penalty, "seed": cfg.seed, "cache_prompt": cfg.cache_prompt}
+    cfg, s = st.config, st.config.sampling
+    d: Dict[str, Any] = {"n_ctx": st.engine.n_ctx_slot if st.engine and st.engine.running else cfg.context.n_ctx,
+                         "model": cfg.model_name, "n_predict": cfg.generation.n_predict}
+    d.update({k: getattr(s, k) for k in ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty",
+                                         "repeat_last_n", "presence_penalty", "frequency_penalty")})
+    # the seed as the flag spells it: -1 for a random one (SamplingParams holds DEFAULT_SEED)
+    d.update(seed=-1 if s.seed == DEFAULT_SEED else s.seed, cache_prompt=cfg.generation.cache_prompt)
     if req is not None:
         d.update({k: v for k, v in req.model_dump(exclude={"prompt"}).items() if v is not None})
     return d
@@ -112,7 +114,7 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
         return d
 
     if req.stream:
-        async with SSEWriter(request, cfg.sse_ping_interval) as sse:
+        async with SSEWriter(request, cfg.http.sse_ping_interval) as sse:
             async for i, o in merged(streams):
                 if o.finished and o.error is not None:
                     await sse.send(error_of(o.error))
@@ -172,11 +174,11 @@ async def props(request: web.Request) -> web.Response:
     st = request.app[STATE]
     cfg = st.config
     d: Dict[str, Any] = {
-        "default_generation_settings": {"id": 0, "n_ctx": cfg.ctx_size, "params": generation_settings(st)}
+        "default_generation_settings": {"id": 0, "n_ctx": cfg.context.n_ctx, "params": generation_settings(st)}
         if not st.ready else {"n_ctx": st.engine.n_ctx_slot, "params": generation_settings(st)},
-        "total_slots": cfg.n_slots, "model_alias": cfg.model_name, "model_path": cfg.model or "",
-        "modalities": {"vision": False, "audio": False}, "endpoint_slots": cfg.slots,
-        "endpoint_props": cfg.props, "endpoint_metrics": cfg.metrics, "webui": cfg.ui,
+        "total_slots": cfg.n_slots, "model_alias": cfg.model_name, "model_path": cfg.model.path or "",
+        "modalities": {"vision": False, "audio": False}, "endpoint_slots": cfg.endpoints.slots,
+        "endpoint_props": cfg.endpoints.props, "endpoint_metrics": cfg.endpoints.metrics, "webui": cfg.http.ui,
         "build_info": f"pyllama {__version__}", "is_sleeping": False,
     }
     if st.ready and st.frontend is not None:
@@ -193,7 +195,7 @@ async def props(request: web.Request) -> web.Response:
 
 async def props_post(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    require_enabled(st.config.props, "changing global properties", "--props")
+    require_enabled(st.config.endpoints.props, "changing global properties", "--props")
     # llama-server (server-context.cpp, post_props) accepts no property yet ("Options: None yet"):
     # it reads no body and answers success; so do we, whatever the body
     return web.json_response({"success": True})
@@ -201,7 +203,7 @@ async def props_post(request: web.Request) -> web.Response:
 
 async def slots(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    require_enabled(st.config.slots, "slots endpoint", "--slots")
+    require_enabled(st.config.endpoints.slots, "slots endpoint", "--slots")
     st.require()
     info = await st.engine.slots()
     if request.query.get("fail_on_no_slot") in ("1", "true") and all(s["is_processing"] for s in info):
@@ -228,12 +230,12 @@ async def slot_action(request: web.Request) -> web.Response:
         if action == "erase":
             erased = await engine.erase_slot(id_slot)
             return web.json_response({"id_slot": erased.id_slot, "n_erased": erased.n_erased})
-        require_enabled(cfg.slot_save_path, "slot save/restore", "--slot-save-path")
+        require_enabled(cfg.endpoints.slot_save_path, "slot save/restore", "--slot-save-path")
         body = await request.json() if request.can_read_body else {}
         filename = body.get("filename") if isinstance(body, dict) else None
         if not isinstance(filename, str) or not filename or not _SAFE.match(filename) or filename in (".", ".."):
             raise APIError(400, "Invalid filename")
-        path = os.path.join(cfg.slot_save_path, filename)
+        path = os.path.join(cfg.endpoints.slot_save_path, filename)
         t0 = time.perf_counter()
         if action == "save":
             saved = await engine.save_slot(id_slot, path)
@@ -250,7 +252,7 @@ async def slot_action(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    require_enabled(st.config.metrics, "metrics endpoint", "--metrics")
+    require_enabled(st.config.endpoints.metrics, "metrics endpoint", "--metrics")
     st.require()
     m = await st.engine.metrics()
     return web.Response(text=prom.render(m), content_type="text/plain", charset="utf-8",

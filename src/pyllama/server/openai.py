@@ -30,9 +30,10 @@ async def models(request: web.Request) -> web.Response:
                 "n_embd": m.n_embd, "n_params": m.n_params, "size": m.size}
     entry = {"id": cfg.model_name, "object": "model", "created": int(st.t_start), "owned_by": "llamacpp",
              "meta": meta or None}
+    caps = ["embedding"] if cfg.endpoints.embeddings else ["completion"]
     return web.json_response({"object": "list", "data": [entry],
                               "models": [{"name": cfg.model_name, "model": cfg.model_name, "type": "model",
-                                          "capabilities": ["embedding"] if cfg.embedding else ["completion"]}]})
+                                          "capabilities": caps}]})
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -53,7 +54,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if req.stream:
         finals: List[Optional[RequestOutput]] = [None] * len(streams)
         offsets = [len(e) for e in echo]
-        async with SSEWriter(request, cfg.sse_ping_interval) as sse:
+        async with SSEWriter(request, cfg.http.sse_ping_interval) as sse:
             for i, e in enumerate(echo):
                 if e:
                     await sse.send(obj([fmt.completion_choice(i, e, None)]))
@@ -117,7 +118,7 @@ async def _chat_response(request: web.Request, st: ServerState, req: ChatComplet
 
     if req.stream:
         finals: List[Optional[RequestOutput]] = [None] * len(streams)
-        async with SSEWriter(request, st.config.sse_ping_interval) as sse:
+        async with SSEWriter(request, st.config.http.sse_ping_interval) as sse:
             for i in range(len(streams)):
                 await sse.send(chunk(i, {"role": "assistant", "content": None}))
             async for i, o in merged(streams):
@@ -183,11 +184,11 @@ async def compute_embeddings(request: web.Request, pooled: bool) -> Tuple[Server
     """Shared by /v1/embeddings and /embedding(s): validate, tokenize, embed through the engine."""
     st = request.app[STATE].require()
     cfg = st.config
-    require_enabled(cfg.embedding, "embeddings", "--embeddings")
+    require_enabled(cfg.endpoints.embeddings, "embeddings", "--embeddings")
     req = await parse(request, EmbeddingRequest)
     value = req.inputs()
     inputs = await st.workers.run(st.fe.embedding_inputs, value)
-    norm = cfg.embd_normalize if req.embd_normalize is None else req.embd_normalize
+    norm = cfg.endpoints.embd_normalize if req.embd_normalize is None else req.embd_normalize
     assert st.engine is not None
     return st, req, inputs, await st.engine.embed(inputs, pooled=pooled, normalize=norm)
 

@@ -260,7 +260,7 @@ async def _stream(request: web.Request, st: ServerState, streams: List[Any], par
         return index[key]
 
     text = ""
-    async with SSEWriter(request, st.config.sse_ping_interval) as sse:
+    async with SSEWriter(request, st.config.http.sse_ping_interval) as sse:
         head = _response(ids, model, created, "in_progress", [], None)
         await send(sse, "response.created", {"response": head})
         await send(sse, "response.in_progress", {"response": head})
