@@ -11,7 +11,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .. import _core
@@ -54,6 +54,25 @@ class Stop:
 Message = Union[Add, Abort, Call, Stop]
 
 
+@dataclass(frozen=True)
+class EngineParams:
+    """The engine's knobs, one frozen group (the server's config holds one; its flags spell
+    llama-server's defaults where they differ: -np auto, -cram 8192)."""
+
+    n_parallel: int = 4
+    kv_unified: bool = True
+    context_shift: bool = False
+    n_keep: int = 0                             # tokens kept at the start on a context shift
+    slot_prompt_similarity: float = 0.1
+    cont_batching: bool = True
+    cache_ram_mib: int = 0                      # host-RAM prompt cache: -1 no limit, 0 off
+    cache_idle_slots: bool = True               # save idle slots to it on a new task (needs cache_ram_mib)
+
+    def __post_init__(self) -> None:
+        if self.n_parallel < 1:
+            raise ValueError(f"n_parallel must be >= 1, got {self.n_parallel}")
+
+
 class EngineStoppedError(PyllamaError):
     """The engine is not running."""
 
@@ -75,20 +94,17 @@ class AsyncEngine:
     there whenever a request starts, clearing them when the KV is unified.
     """
 
-    def __init__(self, model: "_core.Model", context_params: Optional[ContextParams] = None, *,
-                 n_parallel: int = 4, kv_unified: bool = True, context_shift: bool = False, n_keep: int = 0,
-                 slot_prompt_similarity: float = 0.1, cont_batching: bool = True,
-                 cache_ram_mib: int = 0, cache_idle_slots: bool = True):
-        if n_parallel < 1:
-            raise ValueError("n_parallel must be >= 1")
-        cp = context_params or ContextParams()
-        from dataclasses import replace
-        self.context_params = replace(cp, n_seq_max=n_parallel, kv_unified=kv_unified)
+    def __init__(self, model: "_core.Model", context_params: Optional[ContextParams] = None,
+                 params: Optional[EngineParams] = None, **knobs: Any):
+        """``params``: the engine's knobs (EngineParams); ``knobs``: EngineParams fields to change,
+        e.g. ``AsyncEngine(model, cp, n_parallel=2, cache_ram_mib=256)``."""
+        params = replace(params or EngineParams(), **knobs)
+        self.params = params
+        self.context_params = replace(context_params or ContextParams(), n_seq_max=params.n_parallel,
+                                      kv_unified=params.kv_unified)
         self.model = model
-        self.n_parallel = n_parallel
-        self._core_kw = dict(context_shift=context_shift, n_keep=n_keep, slot_prompt_similarity=slot_prompt_similarity,
-                             cont_batching=cont_batching, cache_ram_mib=cache_ram_mib,
-                             cache_idle_slots=cache_idle_slots)
+        self.n_parallel = params.n_parallel
+        self._core_kw = {k: v for k, v in asdict(params).items() if k not in ("n_parallel", "kv_unified")}
         self._ctx: Optional[_core.Context] = None
         self._core: Optional[EngineCore] = None
         self._thread: Optional[threading.Thread] = None

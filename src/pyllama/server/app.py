@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import AsyncIterator, Optional
 
@@ -81,7 +80,7 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
             elif cfg.engine.cache_idle_slots:
                 logger.warning("--cache-idle-slots requires --cache-ram, disabling")
             st.frontend = Frontend(bundle, defaults=cfg.generation, workers=st.workers, chat_defaults=cfg.chat)
-            engine = AsyncEngine(bundle.model, cfg.context, **asdict(cfg.engine))
+            engine = AsyncEngine(bundle.model, cfg.context, cfg.engine)
             await loop.run_in_executor(None, engine.start, loop)
         else:
             bundle = ModelBundle.of_model(engine.model, cfg.model.chat_template)

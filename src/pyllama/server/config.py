@@ -20,6 +20,7 @@ import sys
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from ..engine import EngineParams
 from ..frontend import ChatDefaults, GenerationDefaults
 from ..params import CACHE_TYPES, ContextParams, ModelParams, SamplingParams
 
@@ -37,25 +38,6 @@ class ModelGroup:
     jinja: bool = True
     lora: Tuple[Tuple[str, float], ...] = ()    # (path, scale) per adapter
     lora_init_without_apply: bool = False
-
-
-@dataclass(frozen=True)
-class EngineParams:
-    """The engine's knobs: AsyncEngine's keyword arguments, with its defaults (the server's flags
-    spell llama-server's where they differ: -np auto, -cram 8192)."""
-
-    n_parallel: int = 4
-    kv_unified: bool = True
-    context_shift: bool = False
-    n_keep: int = 0                             # tokens kept at the start on a context shift
-    slot_prompt_similarity: float = 0.1
-    cont_batching: bool = True
-    cache_ram_mib: int = 0                      # host-RAM prompt cache: -1 no limit, 0 off
-    cache_idle_slots: bool = True               # save idle slots to it on a new task (needs cache_ram_mib)
-
-    def __post_init__(self) -> None:
-        if self.n_parallel < 1:
-            raise ValueError(f"n_parallel must be >= 1, got {self.n_parallel}")
 
 
 @dataclass(frozen=True)
