@@ -16,7 +16,7 @@ from ..errors import InvalidRequestError
 from .bundle import ModelBundle
 from .limits import Limits
 from .chat import ChatDefaults, ChatInput, RenderedChat, chat_stops, render_chat
-from .prompts import (check_token, embedding_inputs, infill_prompt, prompt_tokens, rerank_prompts,
+from .prompts import (embedding_inputs, infill_prompt, prompt_tokens, rerank_prompts,
                       token_pieces)
 from .requests import GenerationDefaults, GenerationOptions, RequestBuilder, stop_list
 
@@ -86,8 +86,7 @@ class Frontend:
         return token_pieces(self.vocab, self.tokenize(text, add_special, parse_special))
 
     def detokenize(self, tokens: Sequence[int], unparse_special: bool = True) -> str:
-        for t in tokens:
-            check_token(self.vocab, t)
+        """Token ids to text (an id out of range: TokenizeError, from the vocabulary itself)."""
         return self.vocab.detokenize(list(tokens), unparse_special=unparse_special)
 
     def embedding_inputs(self, value: Any) -> List[List[int]]:

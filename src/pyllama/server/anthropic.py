@@ -11,7 +11,6 @@ top-level ``"type": "error"`` added, so the body is also Anthropic's error shape
 from __future__ import annotations
 
 import functools
-import logging
 import json
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional
@@ -22,14 +21,13 @@ from ..frontend import ChatDeltaParser
 from ..engine import RequestOutput
 from ..frontend import formatting as fmt
 from .common import decode_json, read_body, validate
-from .errors import APIError, api_error, error_of
+from .errors import APIError, error_of, handled
 from .generation import collect, merged
 from .pipeline import count_chat_tokens, model_name, start_chat
 from .schemas import ChatCompletionRequest, MessagesRequest, SamplingFields
 from .sse import SSEWriter
 from .state import STATE
 
-logger = logging.getLogger("pyllama.server")
 
 DEFAULT_MAX_TOKENS = 4096       # llama-server's, when max_tokens is missing
 # llama.cpp's own sampling fields pass through (a pyllama extension: seed, logit_bias, ...)
@@ -46,9 +44,7 @@ def anthropic_errors(handler: Callable[[web.Request], Awaitable[web.StreamRespon
         except (web.HTTPException, ConnectionResetError):
             raise
         except Exception as e:  # noqa: BLE001 - rendered from the one table, as every API's
-            err = api_error(e)
-            if err.status >= 500:
-                logger.exception("request failed")
+            err = handled(e)
             return web.json_response({"type": "error", **err.body()}, status=err.status)
     return wrapped
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Type, TypeVar
+from typing import Any, Callable, Type, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -60,11 +60,12 @@ async def parse(request: web.Request, model: Type[M]) -> M:
     return await request.app[STATE].workers.run(_decode_validate, model, raw)
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
+async def json_response(request: web.Request, build: Callable[[], Any]) -> web.Response:
+    """A JSON answer built and serialized on the worker pool: ``build()`` returns the object (or
+    its encoded body, when it writes large ones itself)."""
+    def work() -> bytes:
+        obj = build()
+        return obj if isinstance(obj, bytes) else json.dumps(obj).encode()
 
-
-async def json_response(request: web.Request, obj: Any, status: int = 200) -> web.Response:
-    """A JSON response serialized on the worker pool (for bodies that may be large)."""
-    body = await request.app[STATE].workers.run(lambda: json.dumps(obj).encode())
-    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
+    body = await request.app[STATE].workers.run(work)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")

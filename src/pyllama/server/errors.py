@@ -4,6 +4,7 @@ Anthropic's body is the same with ``"type": "error"`` on top."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Dict, Optional, Tuple, Type
 
 from aiohttp import web
@@ -11,6 +12,8 @@ from aiohttp import web
 from ..engine import EngineStoppedError
 from ..errors import (ChatTemplateError, ContextLimitError, GrammarError, InvalidRequestError, KVCacheFullError,
                       NotSupportedError, PyllamaError, StateError, TokenizeError)
+
+logger = logging.getLogger("pyllama.server")
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error",
@@ -34,7 +37,6 @@ class APIError(Exception):
 # exception -> (status, type); the first class that matches wins, so the specific come first.
 # Errors of the caller's making are 4xx; the server's own (and unknown) ones are 5xx.
 STATUS: Tuple[Tuple[Type[BaseException], int, Optional[str]], ...] = (
-    (APIError, 0, None),                                    # its own status and type
     (ContextLimitError, 400, "exceed_context_size_error"),
     (InvalidRequestError, 400, None),
     (GrammarError, 400, None),
@@ -69,6 +71,15 @@ def api_error(exc: BaseException) -> APIError:
     else:
         message = str(exc) or type(exc).__name__
     return APIError(status, message, type_, **extra)
+
+
+def handled(exc: BaseException) -> APIError:
+    """What a handler's exception is answered with; a server error is logged with its traceback
+    (call from the ``except`` block)."""
+    err = api_error(exc)
+    if err.status >= 500 and not isinstance(exc, (APIError, KVCacheFullError, EngineStoppedError)):
+        logger.exception("request failed")
+    return err
 
 
 def error_body(status: int, message: str, type_: Optional[str] = None, **extra: Any) -> Dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import AsyncIterator, Callable, List, Sequence, Tuple
 
 from ..engine import AsyncEngine, Request, RequestOutput, RequestStream, fold
 from ..errors import GrammarError
-from ..frontend import GenerationOptions, Prepared
+from ..frontend import Prepared
 from .errors import api_error
 from .state import ServerState
 
@@ -24,11 +24,6 @@ def log_final(o: RequestOutput) -> None:
         "prompt_ms": round(t.get("prompt_ms", 0.0), 1), "gen_ms": round(t.get("predicted_ms", 0.0), 1),
         "gen_tps": round(t.get("predicted_per_second", 0.0), 1),
         **({"error": str(o.error)} if o.error is not None else {})}})
-
-
-def options(req: object) -> GenerationOptions:
-    """The front end's options from a validated request body (its llama-server fields)."""
-    return GenerationOptions.of(req)
 
 
 def submit_all(engine: AsyncEngine, requests: Sequence[Request]) -> List[RequestStream]:

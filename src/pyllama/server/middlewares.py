@@ -9,7 +9,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from .errors import api_error, error_response
+from .errors import error_response, handled
 from .state import CONFIG
 
 logger = logging.getLogger("pyllama.server")
@@ -31,9 +31,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as e:  # noqa: BLE001 - never crash the server on one request
-        err = api_error(e)
-        if err.status == 500:
-            logger.exception("request failed")
+        err = handled(e)
         return error_response(err.status, err.message, err.type, **err.extra)
 
 

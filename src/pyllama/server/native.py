@@ -2,7 +2,6 @@
 /props, /slots, /metrics, /embedding(s)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -13,12 +12,12 @@ from aiohttp import web
 from .. import __version__
 from ..engine import RequestOutput
 from ..errors import PyllamaError
-from ..frontend import ChatInput, Prepared
+from ..frontend import ChatInput, GenerationOptions, Prepared
 from ..params import DEFAULT_SEED
 from . import metrics as prom
 from .common import json_response, parse
 from .errors import APIError, error_of, error_response, require_enabled
-from .generation import collect, merged, options, start
+from .generation import collect, merged, start
 from .openai import compute_embeddings
 from .schemas import ApplyTemplateRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .sse import SSEWriter
@@ -81,7 +80,7 @@ def generation_settings(st: ServerState, req: Optional[CompletionRequest] = None
 
 def completion_prepare(st: ServerState, req: CompletionRequest, prompt: Any = None) -> Prepared:
     """/completion's engine requests (``prompt``: tokens built elsewhere, e.g. /infill's)."""
-    return st.fe.completion(req.prompt if prompt is None else prompt, options(req), n=req.n_cmpl,
+    return st.fe.completion(req.prompt if prompt is None else prompt, GenerationOptions.of(req), n=req.n_cmpl,
                             max_tokens=req.n_predict if req.n_predict is not None else req.max_tokens,
                             stop=req.stop, n_probs=req.n_probs or 0)
 
@@ -133,11 +132,11 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
 
     outs = await collect(streams)
 
-    def body() -> bytes:
+    def body() -> Any:
         results = [final_fields(i, o, o.text, o.token_ids) for i, o in enumerate(outs)]
-        return json.dumps(results[0] if len(results) == 1 else results).encode()
+        return results[0] if len(results) == 1 else results
 
-    return web.Response(body=await st.workers.run(body), content_type="application/json", charset="utf-8")
+    return await json_response(request, body)
 
 
 async def tokenize(request: web.Request) -> web.Response:
@@ -145,29 +144,26 @@ async def tokenize(request: web.Request) -> web.Response:
     req = await parse(request, TokenizeRequest)
     fe = st.fe
 
-    def work() -> bytes:
+    def work() -> Any:
         if req.with_pieces:
-            return json.dumps({"tokens": fe.tokenize_with_pieces(req.content, req.add_special,
-                                                                  req.parse_special)}).encode()
+            return {"tokens": fe.tokenize_with_pieces(req.content, req.add_special, req.parse_special)}
         return fe.tokenize_json(req.content, req.add_special, req.parse_special)
 
-    return web.Response(body=await st.workers.run(work), content_type="application/json", charset="utf-8")
+    return await json_response(request, work)
 
 
 async def detokenize(request: web.Request) -> web.Response:
     st = request.app[STATE].require()
     req = await parse(request, DetokenizeRequest)
-    return await json_response(request, {"content": await st.workers.run(st.fe.detokenize, req.tokens)})
+    return await json_response(request, lambda: {"content": st.fe.detokenize(req.tokens)})
 
 
 async def apply_template(request: web.Request) -> web.Response:
     st = request.app[STATE].require()
     req = await parse(request, ApplyTemplateRequest)
-    chat = ChatInput(messages=[m.model_dump(exclude_none=True) for m in req.messages], tools=req.tools,
-                     tool_choice=req.tool_choice, chat_template_kwargs=req.chat_template_kwargs,
-                     add_generation_prompt=req.add_generation_prompt)
-    rendered = await st.workers.run(st.fe.render, chat)
-    return await json_response(request, {"prompt": rendered.prompt})
+    return await json_response(request, lambda: {"prompt": st.fe.render(ChatInput(
+        messages=[m.model_dump(exclude_none=True) for m in req.messages], tools=req.tools, tool_choice=req.tool_choice,
+        chat_template_kwargs=req.chat_template_kwargs, add_generation_prompt=req.add_generation_prompt)).prompt})
 
 
 async def props(request: web.Request) -> web.Response:

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from aiohttp import web
 
 from ..engine import RequestOutput, RequestStream
-from ..frontend import ChatDeltaParser, Prepared, new_id
+from ..frontend import ChatDeltaParser, GenerationOptions, Prepared, new_id
 from ..frontend import formatting as fmt
-from .common import parse
+from .common import json_response, parse
 from .errors import APIError, error_of, require_enabled
-from .generation import collect, merged, options, start
+from .generation import collect, merged, start
 from .pipeline import count_chat_tokens, model_name, start_chat
 from .schemas import ChatCompletionRequest, ChatControlRequest, EmbeddingRequest, OAICompletionRequest
 from .sse import SSEWriter
@@ -43,10 +42,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise APIError(501, "suffix is not supported on /v1/completions; use /infill", "not_supported_error")
     cfg, fe = st.config, st.fe
     prepared, streams = await start(st, lambda: fe.completion(
-        req.prompt, options(req), n=req.n, max_tokens=req.max_tokens, stop=req.stop, n_probs=req.logprobs or 0,
+        req.prompt, GenerationOptions.of(req), n=req.n, max_tokens=req.max_tokens, stop=req.stop, n_probs=req.logprobs or 0,
         logprobs=req.logprobs is not None))
     cid, created, model = new_id("cmpl"), fmt.now(), model_name(st, req.model)
-    echo = [fe.vocab.detokenize(p) if req.echo else "" for p in prepared.prompts for _ in range(req.n)]
+    echo = [""] * len(streams)
+    if req.echo:
+        echo = await st.workers.run(lambda: [fe.vocab.detokenize(p) for p in prepared.prompts for _ in range(req.n)])
 
     def obj(choices: List[Dict[str, Any]], **extra: Any) -> Dict[str, Any]:
         return fmt.completion_object(cid, created, model, choices, **extra)
@@ -196,7 +197,7 @@ async def compute_embeddings(request: web.Request, pooled: bool) -> Tuple[Server
 async def embeddings(request: web.Request) -> web.Response:
     st, req, inputs, vecs = await compute_embeddings(request, pooled=True)
 
-    def body() -> bytes:
+    def body() -> Dict[str, Any]:
         data = []
         for i, v in enumerate(vecs):
             emb: Any = v
@@ -204,8 +205,8 @@ async def embeddings(request: web.Request) -> web.Response:
                 emb = base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         n = sum(len(t) for t in inputs)
-        return json.dumps({"object": "list", "model": model_name(st, req.model), "data": data,
-                           "usage": {"prompt_tokens": n, "total_tokens": n}}).encode()
+        return {"object": "list", "model": model_name(st, req.model), "data": data,
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
 
-    return web.Response(body=await st.workers.run(body), content_type="application/json", charset="utf-8")
+    return await json_response(request, body)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 from ..engine import RequestStream
-from ..frontend import ChatInput, Prepared
-from .generation import options, start
+from ..frontend import ChatInput, GenerationOptions, Prepared
+from .generation import start
 from .schemas import ChatCompletionRequest
 from .state import ServerState
 
@@ -31,7 +31,7 @@ def chat_max_tokens(req: ChatCompletionRequest) -> Optional[int]:
 def prepare_chat(st: ServerState, req: ChatCompletionRequest) -> Prepared:
     """The engine requests of a chat body (front end; runs on the worker pool)."""
     n_top = (req.top_logprobs or 0) if req.logprobs else 0
-    return st.fe.chat(chat_input(req), options(req), n=req.n, max_tokens=chat_max_tokens(req), stop=req.stop,
+    return st.fe.chat(chat_input(req), GenerationOptions.of(req), n=req.n, max_tokens=chat_max_tokens(req), stop=req.stop,
                       n_probs=n_top, logprobs=bool(req.logprobs))
 
 
@@ -42,4 +42,4 @@ async def start_chat(st: ServerState, req: ChatCompletionRequest) -> Tuple[Prepa
 
 async def count_chat_tokens(st: ServerState, req: ChatCompletionRequest) -> int:
     """The number of tokens of a chat body's rendered prompt (the */input_tokens endpoints)."""
-    return await st.workers.run(st.fe.count_chat_tokens, chat_input(req))
+    return await st.workers.run(lambda: st.fe.count_chat_tokens(chat_input(req)))
