@@ -38,13 +38,17 @@ cdef class Sampler:
     cdef readonly Model model
     cdef readonly object params
     cdef int32_t n_vocab
+    cdef int32_t n_ctx
 
     def __cinit__(self):
         self.chain = NULL
         self.grmr = NULL
         self.rbudget = NULL
 
-    def __init__(self, Model model not None, params=None):
+    def __init__(self, Model model not None, params=None, int32_t n_ctx=0):
+        """``n_ctx``: the longest sequence the sampler will see (0: the model's training context). The
+        penalty and DRY windows (-1: all of it) are cut to it: a longer window sees the same tokens,
+        and its buffers would be allocated whole (2**31 tokens asks for 8 GiB per sampler)."""
         model._check()
         if params is None:
             params = SamplingParams()
@@ -54,6 +58,7 @@ cdef class Sampler:
             raise TypeError("params must be a SamplingParams")
         self.model = model
         self.params = params
+        self.n_ctx = n_ctx if n_ctx > 0 else model.n_ctx_train
         self.n_vocab = model.vocab.n_vocab
         self.cur.resize(self.n_vocab)
         self.grammar_lazy = bool(params.grammar) and bool(params.grammar_lazy)
@@ -165,7 +170,7 @@ cdef class Sampler:
 
         penalties_on = p.repeat_last_n != 0 and (p.repeat_penalty != 1.0 or p.presence_penalty != 0.0
                                                   or p.frequency_penalty != 0.0)
-        last_n = p.repeat_last_n if p.repeat_last_n >= 0 else self.model.n_ctx_train
+        last_n = min(p.repeat_last_n, self.n_ctx) if p.repeat_last_n >= 0 else self.n_ctx
         dry_on = p.dry_multiplier > 0.0
         if p.mirostat == 0:
             for name in p.samplers:
@@ -182,7 +187,7 @@ cdef class Sampler:
                             cbrk.push_back(brk[i].c_str())
                         # the DRY sampler tokenizes every breaker against the whole vocabulary: without the GIL
                         dry_mult, dry_base, dry_len = p.dry_multiplier, p.dry_base, p.dry_allowed_length
-                        dry_last = p.dry_penalty_last_n if p.dry_penalty_last_n >= 0 else self.model.n_ctx_train
+                        dry_last = min(p.dry_penalty_last_n, self.n_ctx) if p.dry_penalty_last_n >= 0 else self.n_ctx
                         with nogil:
                             smpl = llama_sampler_init_dry(v, dry_mult, dry_base, dry_len, dry_last,
                                                           cbrk.data(), cbrk.size())

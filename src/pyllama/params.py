@@ -25,6 +25,8 @@ KVOverride = Union[int, float, bool, str]
 
 
 INT32_MAX = 2**31 - 1
+INT32_MIN = -2**31
+FLT_MAX = 3.4028234663852886e38     # the largest 32-bit float: sampling numbers reach llama.cpp as floats
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -202,6 +204,13 @@ class SamplingParams:
                   "repeat_penalty", "presence_penalty", "frequency_penalty", "dry_multiplier", "dry_base"):
             v = getattr(self, f)
             _check(isinstance(v, (int, float)) and math.isfinite(v), f"{f} must be a finite number, got {v!r}")
+        for f in ("temperature", "dynatemp_range", "dynatemp_exponent", "top_n_sigma", "xtc_threshold",
+                  "mirostat_tau", "mirostat_eta", "repeat_penalty", "dry_multiplier", "dry_base"):
+            _check(abs(getattr(self, f)) <= FLT_MAX, f"{f} must fit a 32-bit float, got {getattr(self, f)!r}")
+        for f in ("top_k", "repeat_last_n", "dry_allowed_length", "dry_penalty_last_n", "min_keep"):
+            v = getattr(self, f)
+            _check(isinstance(v, numbers.Integral) and not isinstance(v, bool) and INT32_MIN <= v <= INT32_MAX,
+                   f"{f} must be a 32-bit integer, got {v!r}")
         _check(self.repeat_penalty > 0, "repeat_penalty must be > 0")
         _check(self.mirostat in (0, 1, 2), f"mirostat must be 0, 1 or 2, got {self.mirostat}")
         _check(self.repeat_last_n >= -1, "repeat_last_n must be >= -1")

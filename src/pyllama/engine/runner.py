@@ -96,7 +96,7 @@ class LlamaRunner:
             bias = dict(sp.logit_bias)
             bias.update({t: float("-inf") for t in self._eog})
             sp = sp.replace(logit_bias=tuple(bias.items()))
-        return _core.Sampler(self.model, sp)
+        return _core.Sampler(self.model, sp, n_ctx=self.n_ctx_slot)    # penalty windows: at most a slot's context
 
     def free_sampler(self, sampler: Any) -> None:
         sampler.close()

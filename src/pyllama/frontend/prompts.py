@@ -5,6 +5,7 @@ NotSupportedError for what the model cannot do.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Sequence, Tuple
 
 from .. import _core
@@ -121,6 +122,9 @@ def infill_prompt(vocab: "_core.Vocab", prefix: str, suffix: str, prompt: str,
     return toks + [pre] + text(prefix) + [suf] + text(suffix) + [mid] + text(prompt)
 
 
+FLT_MAX = 3.4028234663852886e38
+
+
 def logit_bias_pairs(vocab: "_core.Vocab", bias: Any) -> List[Tuple[int, float]]:
     """OpenAI's {"id": bias} or llama-server's [[id|text, bias|false], ...] to (token, bias) pairs."""
     if not bias:
@@ -132,7 +136,13 @@ def logit_bias_pairs(vocab: "_core.Vocab", bias: Any) -> List[Tuple[int, float]]
             key, val = item
         else:
             raise InvalidRequestError("logit_bias entries must be [token or text, bias]")
-        b = float("-inf") if val is False else float(val)
+        if val is False:
+            b = float("-inf")       # llama-server's "never this token"
+        elif isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val) \
+                and abs(val) <= FLT_MAX:
+            b = float(val)
+        else:
+            raise InvalidRequestError(f"invalid logit_bias value {val!r}: expected a finite number or false")
         if isinstance(key, str) and key.lstrip("-").isdigit() and isinstance(bias, dict):
             key = int(key)
         if isinstance(key, int) and not isinstance(key, bool):

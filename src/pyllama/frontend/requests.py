@@ -195,6 +195,7 @@ class RequestBuilder:
         """``n`` requests per prompt (choices), in order. A fixed seed gives each choice its own
         reproducible seed (seed + choice index)."""
         d = self.defaults
+        self.limits.check_choices(n, len(prompts))
         if max_tokens is None or max_tokens < 0:
             max_tokens = d.n_predict
         cache = d.cache_prompt if o.cache_prompt is None else o.cache_prompt

@@ -8,12 +8,35 @@ from __future__ import annotations
 from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from typing_extensions import Annotated
 
-TokenOrText = Union[StrictInt, str]       # a token id is an integer (true is not token 1)
-PromptT = Union[str, List[TokenOrText], List[Union[str, List[TokenOrText]]]]
-EmbeddingInputT = Union[str, List[str], List[StrictInt], List[List[StrictInt]]]
-Finite = Field(default=None, allow_inf_nan=False)
+from ..frontend.limits import FIELD_LIMITS as L
+
 INT32_MAX = 2**31 - 1
+INT32_MIN = -2**31
+FLT_MAX = 3.4028234663852886e38      # a request's numbers reach llama.cpp as 32-bit ints and floats
+
+Token = Annotated[StrictInt, Field(ge=INT32_MIN, le=INT32_MAX)]   # true is not token 1
+TokenOrText = Union[Token, str]
+Prompt1 = Union[str, Annotated[List[TokenOrText], Field(max_length=L.max_prompt_tokens)]]
+PromptT = Union[Prompt1, Annotated[List[Prompt1], Field(max_length=L.max_prompts)]]
+EmbeddingInputT = Union[str, Annotated[List[str], Field(max_length=L.max_prompts)],
+                        Annotated[List[Token], Field(max_length=L.max_prompt_tokens)],
+                        Annotated[List[Annotated[List[Token], Field(max_length=L.max_prompt_tokens)]],
+                                  Field(max_length=L.max_prompts)]]
+Bias = Union[bool, Annotated[float, Field(allow_inf_nan=False, ge=-FLT_MAX, le=FLT_MAX)]]
+StopT = Union[Annotated[str, Field(max_length=L.max_stop_chars)],
+              Annotated[List[Annotated[str, Field(max_length=L.max_stop_chars)]], Field(max_length=L.max_stops)]]
+
+
+def f32(lo: float = -FLT_MAX, hi: float = FLT_MAX, **kw: Any) -> Any:
+    """An optional finite number llama.cpp can hold as a float."""
+    return Field(default=None, allow_inf_nan=False, ge=lo, le=hi, **kw)
+
+
+def i32(lo: int = INT32_MIN, hi: int = INT32_MAX, default: Any = None) -> Any:
+    """An optional integer llama.cpp can hold as an int32 (llama-server's hard limits where it has them)."""
+    return Field(default=default, ge=lo, le=hi)
 
 
 class _Base(BaseModel):
@@ -23,53 +46,55 @@ class _Base(BaseModel):
 class SamplingFields(_Base):
     """The llama-server sampling fields, accepted on every generation endpoint."""
 
-    temperature: Optional[float] = Field(default=None, allow_inf_nan=False)
-    dynatemp_range: Optional[float] = Field(default=None, allow_inf_nan=False)
-    dynatemp_exponent: Optional[float] = Field(default=None, allow_inf_nan=False)
-    top_k: Optional[int] = None
+    temperature: Optional[float] = f32()
+    dynatemp_range: Optional[float] = f32()
+    dynatemp_exponent: Optional[float] = f32()
+    top_k: Optional[int] = i32()
     top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     typical_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    top_n_sigma: Optional[float] = Field(default=None, allow_inf_nan=False)
+    top_n_sigma: Optional[float] = f32()
     xtc_probability: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    xtc_threshold: Optional[float] = Field(default=None, allow_inf_nan=False)
+    xtc_threshold: Optional[float] = f32()
     mirostat: Optional[Literal[0, 1, 2]] = None
-    mirostat_tau: Optional[float] = Field(default=None, allow_inf_nan=False)
-    mirostat_eta: Optional[float] = Field(default=None, allow_inf_nan=False)
-    repeat_penalty: Optional[float] = Field(default=None, gt=0.0, allow_inf_nan=False)
-    repeat_last_n: Optional[int] = Field(default=None, ge=-1)
+    mirostat_tau: Optional[float] = f32()
+    mirostat_eta: Optional[float] = f32()
+    repeat_penalty: Optional[float] = f32(gt=0.0, lo=None)
+    repeat_last_n: Optional[int] = i32(-1)     # -1: the context size
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
-    dry_multiplier: Optional[float] = Field(default=None, ge=0.0, allow_inf_nan=False)
-    dry_base: Optional[float] = Field(default=None, allow_inf_nan=False)
-    dry_allowed_length: Optional[int] = Field(default=None, ge=0)
-    dry_penalty_last_n: Optional[int] = Field(default=None, ge=-1)
-    dry_sequence_breakers: Optional[List[str]] = None
-    min_keep: Optional[int] = Field(default=None, ge=0)
+    dry_multiplier: Optional[float] = f32(0.0)
+    dry_base: Optional[float] = f32()
+    dry_allowed_length: Optional[int] = i32(0)
+    dry_penalty_last_n: Optional[int] = i32(-1)
+    dry_sequence_breakers: Optional[List[Annotated[str, Field(max_length=L.max_stop_chars)]]] = Field(
+        default=None, max_length=L.max_dry_sequence_breakers)
+    min_keep: Optional[int] = i32(0)
     seed: Optional[int] = Field(default=None, ge=-1, le=0xFFFFFFFF)
-    logit_bias: Optional[Union[Dict[str, Union[float, bool]], List[List[Any]]]] = None
+    logit_bias: Optional[Union[Dict[str, Bias], List[List[Any]]]] = None   # list entries: frontend.prompts
     grammar: Optional[str] = None
     json_schema: Optional[Dict[str, Any]] = None
     ignore_eos: bool = False
     n_probs: Optional[int] = Field(default=None, ge=0, le=100)
     post_sampling_probs: bool = False   # n_probs from the sampling chain's candidates, as probabilities
-    samplers: Optional[Union[List[str], str]] = None
-    stop: Optional[Union[str, List[str]]] = None
+    samplers: Optional[Union[Annotated[List[str], Field(max_length=L.max_samplers)],
+                             Annotated[str, Field(max_length=16 * L.max_samplers)]]] = None
+    stop: Optional[StopT] = None
     cache_prompt: Optional[bool] = None
     n_cache_reuse: Optional[int] = Field(default=None, ge=0, le=2**31 - 1)   # default: --cache-reuse
-    id_slot: int = Field(default=-1, ge=-1)
-    n_keep: Optional[int] = None
+    id_slot: int = i32(-1, default=-1)
+    n_keep: Optional[int] = i32(-1)
     return_tokens: bool = False
     timings_per_token: bool = False
-    lora: Optional[List[Dict[str, Any]]] = None      # [{"id": N, "scale": S}] (see generation.request_lora)
+    lora: Optional[List[Dict[str, Any]]] = Field(default=None, max_length=L.max_lora_entries)   # [{"id": N, "scale": S}] (see generation.request_lora)
     # reasoning budget (llama-server's server-schema.cpp): on the chat endpoint the tags and the
     # generation prompt come from the chat template; elsewhere they can be given here
     reasoning_budget_tokens: Optional[StrictInt] = Field(default=None, ge=-1, le=INT32_MAX)
-    reasoning_budget_message: Optional[str] = None
-    reasoning_budget_start_tag: Optional[str] = None
-    reasoning_budget_end_tags: Optional[List[str]] = None
-    reasoning_budget_end_tag: Optional[str] = None
-    generation_prompt: Optional[str] = None
+    reasoning_budget_message: Optional[str] = Field(default=None, max_length=L.max_stop_chars)
+    reasoning_budget_start_tag: Optional[str] = Field(default=None, max_length=L.max_stop_chars)
+    reasoning_budget_end_tags: Optional[List[str]] = Field(default=None, max_length=L.max_stops)
+    reasoning_budget_end_tag: Optional[str] = Field(default=None, max_length=L.max_stop_chars)
+    generation_prompt: Optional[str] = Field(default=None, max_length=L.max_stop_chars)
     reasoning_control: bool = False
 
 
@@ -77,10 +102,10 @@ class CompletionRequest(SamplingFields):
     """POST /completion (llama-server's native endpoint)."""
 
     prompt: PromptT
-    n_predict: Optional[int] = Field(default=None, ge=-1)
-    max_tokens: Optional[int] = Field(default=None, ge=-1)
+    n_predict: Optional[int] = i32(-1)
+    max_tokens: Optional[int] = i32(-1)
     stream: bool = False
-    n_cmpl: int = Field(default=1, ge=1, le=16)
+    n_cmpl: int = i32(1, default=1)         # at most the slot count (frontend Limits)
 
 
 class StreamOptions(_Base):
@@ -92,8 +117,8 @@ class OAICompletionRequest(SamplingFields):
 
     model: Optional[str] = None
     prompt: PromptT
-    max_tokens: Optional[int] = Field(default=16, ge=-1)
-    n: int = Field(default=1, ge=1, le=16)
+    max_tokens: Optional[int] = i32(-1, default=16)
+    n: int = i32(1, default=1)              # at most the slot count (frontend Limits)
     logprobs: Optional[int] = Field(default=None, ge=0, le=20)
     echo: bool = False
     stream: bool = False
@@ -120,10 +145,10 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Optional[Union[str, Dict[str, Any]]] = None
     parallel_tool_calls: Optional[bool] = None
     response_format: Optional[Dict[str, Any]] = None
-    max_tokens: Optional[int] = Field(default=None, ge=-1)
-    max_completion_tokens: Optional[int] = Field(default=None, ge=-1)
-    n_predict: Optional[int] = Field(default=None, ge=-1)
-    n: int = Field(default=1, ge=1, le=16)
+    max_tokens: Optional[int] = i32(-1)
+    max_completion_tokens: Optional[int] = i32(-1)
+    n_predict: Optional[int] = i32(-1)
+    n: int = i32(1, default=1)              # at most the slot count (frontend Limits)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
     stream: bool = False
@@ -146,8 +171,8 @@ class ResponsesRequest(_Base):
     model: Optional[str] = None
     input: Union[str, List[Dict[str, Any]]]
     instructions: Optional[str] = None
-    max_output_tokens: Optional[int] = Field(default=None, ge=-1)
-    temperature: Optional[float] = Field(default=None, allow_inf_nan=False)
+    max_output_tokens: Optional[int] = i32(-1)
+    temperature: Optional[float] = f32()
     top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     tools: Optional[List[Dict[str, Any]]] = None
     tool_choice: Optional[Union[str, Dict[str, Any]]] = None
@@ -169,12 +194,13 @@ class MessagesRequest(_Base):
 
     model: Optional[str] = None
     messages: List[AnthropicMessage]
-    max_tokens: Optional[int] = Field(default=None, ge=-1)
+    max_tokens: Optional[int] = i32(-1)
     system: Optional[Union[str, List[Dict[str, Any]]]] = None
-    temperature: Optional[float] = Field(default=None, allow_inf_nan=False)
+    temperature: Optional[float] = f32()
     top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    top_k: Optional[int] = None
-    stop_sequences: Optional[List[str]] = None
+    top_k: Optional[int] = i32()
+    stop_sequences: Optional[List[Annotated[str, Field(max_length=L.max_stop_chars)]]] = Field(
+        default=None, max_length=L.max_stops)
     stream: bool = False
     tools: Optional[List[Dict[str, Any]]] = None
     tool_choice: Optional[Dict[str, Any]] = None
@@ -190,7 +216,7 @@ class EmbeddingRequest(_Base):
     content: Optional[EmbeddingInputT] = None     # llama-server's /embedding
     model: Optional[str] = None
     encoding_format: Literal["float", "base64"] = "float"
-    embd_normalize: Optional[int] = None
+    embd_normalize: Optional[int] = i32(-1, L.max_embd_normalize)  # -1 none, 0 max-abs, 1 taxicab, 2 euclid, >2 p-norm
 
     def inputs(self) -> Any:
         v = self.input if self.input is not None else self.content
@@ -207,7 +233,7 @@ class TokenizeRequest(_Base):
 
 
 class DetokenizeRequest(_Base):
-    tokens: List[StrictInt]
+    tokens: List[Token] = Field(max_length=L.max_prompt_tokens)
 
 
 class ApplyTemplateRequest(_Base):
@@ -220,8 +246,8 @@ class ApplyTemplateRequest(_Base):
 
 class RerankRequest(_Base):
     query: str
-    documents: List[str] = Field(min_length=1)
-    top_n: Optional[int] = Field(default=None, ge=1)
+    documents: List[str] = Field(min_length=1, max_length=L.max_prompts)
+    top_n: Optional[int] = i32(1)
     return_text: bool = False
     model: Optional[str] = None
 
@@ -231,13 +257,13 @@ class InfillRequest(SamplingFields):
     input_suffix: str = ""
     input_extra: List[Dict[str, str]] = Field(default_factory=list)
     prompt: str = ""
-    n_predict: Optional[int] = Field(default=None, ge=-1)
+    n_predict: Optional[int] = i32(-1)
     stream: bool = False
 
 
 class LoraItem(_Base):
-    id: int = Field(ge=0)
-    scale: float = Field(allow_inf_nan=False)
+    id: int = Field(ge=0, le=INT32_MAX)
+    scale: float = Field(allow_inf_nan=False, ge=-FLT_MAX, le=FLT_MAX)
 
 
 class ChatControlRequest(_Base):
