@@ -49,6 +49,10 @@ class KVCacheFullError(DecodeError):
     """No KV cache slot is free for the batch (llama_decode returned 1)."""
 
 
+class QueueFullError(PyllamaError):
+    """The engine's admission queue is full (EngineParams.max_queued): retry later."""
+
+
 class DecodeAbortedError(DecodeError):
     """The abort callback stopped llama_decode (return code 2)."""
 
@@ -98,5 +102,5 @@ __all__ = [
     "PyllamaError", "ClosedError", "ModelLoadError", "ContextError", "TokenizeError",
     "GrammarError", "ChatTemplateError", "BatchError", "DecodeError", "KVCacheFullError",
     "DecodeAbortedError", "RPCError", "StateError", "ContextLimitError", "InvalidRequestError",
-    "NotSupportedError", "decode_error",
+    "NotSupportedError", "QueueFullError", "decode_error",
 ]

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .. import _core
-from ..errors import PyllamaError
+from ..threads import start_thread
+from ..errors import PyllamaError, QueueFullError
 from ..params import ContextParams
 from .core import EngineCore, SlotErased, SlotRestored, SlotSaved
 from .request import Request, RequestKind, RequestOutput
@@ -67,10 +68,13 @@ class EngineParams:
     cont_batching: bool = True
     cache_ram_mib: int = 0                      # host-RAM prompt cache: -1 no limit, 0 off
     cache_idle_slots: bool = True               # save idle slots to it on a new task (needs cache_ram_mib)
+    max_queued: int = 4096                      # requests waiting for a slot, beyond: QueueFullError (0: no bound)
 
     def __post_init__(self) -> None:
         if self.n_parallel < 1:
             raise ValueError(f"n_parallel must be >= 1, got {self.n_parallel}")
+        if self.max_queued < 0:
+            raise ValueError(f"max_queued must be >= 0, got {self.max_queued}")
 
 
 class EngineStoppedError(PyllamaError):
@@ -104,7 +108,9 @@ class AsyncEngine:
                                       kv_unified=params.kv_unified)
         self.model = model
         self.n_parallel = params.n_parallel
-        self._core_kw = {k: v for k, v in asdict(params).items() if k not in ("n_parallel", "kv_unified")}
+        self._core_kw = {k: v for k, v in asdict(params).items()
+                         if k not in ("n_parallel", "kv_unified", "max_queued")}
+        self.n_rejected = 0         # requests refused because the queue was full
         self._ctx: Optional[_core.Context] = None
         self._core: Optional[EngineCore] = None
         self._thread: Optional[threading.Thread] = None
@@ -155,8 +161,8 @@ class AsyncEngine:
         self._core = EngineCore(LlamaRunner(self.model, ctx, self.n_parallel, n_ctx_slot), **self._core_kw)
         self._inbox = queue.SimpleQueue()
         self._running = True
-        self._thread = threading.Thread(target=self._run, name="pyllama-engine", daemon=True)
-        self._thread.start()
+        # a deep stack: grammars are parsed and advanced here, recursively (pyllama.threads)
+        self._thread = start_thread(self._run, "pyllama-engine")
 
     async def stop(self, drain: bool = False, timeout: Optional[float] = None) -> None:
         """Stop the thread: finish in-flight work first when ``drain``, else abort it; free the context."""
@@ -282,6 +288,10 @@ class AsyncEngine:
         engine's loop.
         """
         core = self._check_running()
+        limit = self.params.max_queued
+        if limit and len(self._queues) >= self.n_parallel + limit:    # in flight: slots + waiting
+            self.n_rejected += 1
+            raise QueueFullError(f"the server is busy: {limit} requests are waiting for a slot; retry later")
         core.validate(request)
         sampler = core.new_sampler(request)
         q: asyncio.Queue = asyncio.Queue()
@@ -335,7 +345,9 @@ class AsyncEngine:
         return await self.call(lambda core: core.slots())
 
     async def metrics(self) -> Dict[str, Any]:
-        return await self.call(lambda core: core.metrics_dict())
+        m = await self.call(lambda core: core.metrics_dict())
+        m["requests_rejected_total"] = self.n_rejected
+        return m
 
     async def save_slot(self, id_slot: int, path: str) -> SlotSaved:
         """Write an idle slot's tokens and KV to ``path``. Raises ValueError (no such slot),

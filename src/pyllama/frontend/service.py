@@ -13,6 +13,7 @@ from typing import Any, Callable, List, Optional, Sequence, TypeVar
 from .. import _core
 from ..engine import Request
 from ..errors import InvalidRequestError
+from ..threads import deep_stacks
 from .bundle import ModelBundle
 from .limits import Limits
 from .chat import ChatDefaults, ChatInput, RenderedChat, chat_stops, render_chat
@@ -33,11 +34,20 @@ class Workers:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.n, thread_name_prefix="pyllama-frontend")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        with deep_stacks():     # the pool starts its threads in submit: each gets a deep stack
+            fut = self._pool.submit(functools.partial(fn, *args, **kwargs))
+        return await asyncio.wrap_future(fut)
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> bool:
+        """Stop the pool: queued work is cancelled, running work is not waited for (a worker may
+        be inside a long C call, and the interpreter joins these threads at exit). With ``wait``,
+        wait up to that many seconds for the running work to end. True when none is left."""
+        import threading
         self._pool.shutdown(wait=False, cancel_futures=True)
+        joiner = threading.Thread(target=self._pool.shutdown, name="pyllama-frontend-close", daemon=True)
+        joiner.start()
+        joiner.join(max(0.0, wait))
+        return not joiner.is_alive()
 
 
 @dataclass(frozen=True)
