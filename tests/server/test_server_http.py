@@ -58,8 +58,9 @@ def test_public_paths(key_server):
     for path in ("/health", "/v1/health"):
         r = key_server.get(path)
         assert r.status == 200 and r.json() == {"status": "ok"}
-    for path in ("/v1/models", "/models"):
-        r = key_server.get(path)
+    for path in ("/v1/models", "/models"):     # not public: llama-server exempts only health and the UI
+        assert key_server.get(path).status == 401
+        r = key_server.get(path, headers={"Authorization": "Bearer k1"})
         assert r.status == 200 and r.json()["data"][0]["object"] == "model"
     r = key_server.get("/")
     assert r.status == 200 and r.headers["content-type"].startswith("text/html")
@@ -72,7 +73,8 @@ def test_openai_sdk_authentication_error(key_server):
         with pytest.raises(openai.AuthenticationError) as e:
             bad.completions.create(model="m", prompt="x", max_tokens=1)
         assert e.value.status_code == 401 and e.value.body["type"] == "authentication_error"
-        assert [m.id for m in bad.models.list().data]       # public
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()                               # not public (llama-server's rule)
     with openai.OpenAI(base_url=key_server.url + "/v1", api_key="k2", max_retries=0) as good:
         assert good.completions.create(model="m", prompt="x", max_tokens=1).usage.completion_tokens == 1
 
@@ -82,7 +84,7 @@ def test_api_prefix_with_keys(inproc, tiny_model_path):
         r = await client.get("/api/health")
         assert r.status == 200                                 # public under the prefix too
         r = await client.get("/api/v1/models")
-        assert r.status == 200
+        assert r.status == 401                                 # as llama-server: only health is public
         r = await client.post("/api/completion", json={"prompt": "x", "n_predict": 1})
         assert r.status == 401
         r = await client.post("/api/completion", json={"prompt": "x", "n_predict": 1},

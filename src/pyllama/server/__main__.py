@@ -51,28 +51,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg)
-    from aiohttp import web
-
     from .app import create_app
+    from .serve import serve
+    from .state import STATE
     http = cfg.http
     ssl_ctx = None
     if http.ssl_cert_file:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(http.ssl_cert_file, http.ssl_key_file)
     app = create_app(replace(cfg, exit_on_load_error=True))     # the command line server exits on a load error
-    scheme = "https" if ssl_ctx else "http"
-    hosts = [h.strip() for h in http.host.split(",") if h.strip()]
-    # --timeout bounds how long an idle keep-alive connection is held (llama-server's read/write timeout)
-    web.run_app(app, host=hosts if len(hosts) > 1 else hosts[0], port=http.port, ssl_context=ssl_ctx,
-                shutdown_timeout=30.0, keepalive_timeout=float(http.timeout), handler_cancellation=True,
-                access_log=None,
-                print=lambda *_: print(f"pyllama: listening on {scheme}://{http.host}:{http.port}{http.api_prefix}/",
-                                       file=sys.stderr, flush=True))
-    from .state import STATE
-    if app[STATE].load_error:
-        print(f"error: failed to load the model: {app[STATE].load_error}", file=sys.stderr)
-        return 1
-    return 0
+
+    def exit_code(rc: int) -> int:
+        if app[STATE].load_error:
+            print(f"error: failed to load the model: {app[STATE].load_error}", file=sys.stderr, flush=True)
+            return 1
+        return rc
+
+    # --timeout bounds how long an idle keep-alive connection is held and how long a body may take
+    # (llama-server's read/write timeout); serve() adds the connection cap and the header timeout
+    return serve(app, http, ssl_ctx, exit_code)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from typing import AsyncIterator, Optional
 from aiohttp import web
 
 from ..engine import AsyncEngine
-from ..frontend import Frontend, ModelBundle, Workers
+from ..frontend import Frontend, Limits, ModelBundle, Workers
 from . import middlewares as mw
 from .config import ServerConfig
 from .routes import ROUTES
-from .state import CONFIG, STATE, ServerState
+from .serve import transport_middleware
+from .state import CONFIG, STATE, UI_FILES, ServerState
 
 logger = logging.getLogger("pyllama.server")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -67,6 +68,12 @@ def load_blocking(st: ServerState) -> ModelBundle:
                             lora_init_without_apply=m.lora_init_without_apply, progress_callback=_ProgressBar(st))
 
 
+def _frontend(st: ServerState, bundle: ModelBundle) -> Frontend:
+    cfg = st.config     # n / n_cmpl at most the slot count, as llama-server
+    return Frontend(bundle, defaults=cfg.generation, workers=st.workers, chat_defaults=cfg.chat,
+                    limits=Limits(max_choices=cfg.n_slots))
+
+
 async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
     st = app[STATE]
     cfg = st.config
@@ -79,12 +86,12 @@ async def _load(app: web.Application, engine: Optional[AsyncEngine]) -> None:
                 logger.info("prompt cache is enabled, size limit: %s", "no limit" if ram < 0 else f"{ram} MiB")
             elif cfg.engine.cache_idle_slots:
                 logger.warning("--cache-idle-slots requires --cache-ram, disabling")
-            st.frontend = Frontend(bundle, defaults=cfg.generation, workers=st.workers, chat_defaults=cfg.chat)
+            st.frontend = _frontend(st, bundle)
             engine = AsyncEngine(bundle.model, cfg.context, cfg.engine)
             await loop.run_in_executor(None, engine.start, loop)
         else:
             bundle = ModelBundle.of_model(engine.model, cfg.model.chat_template)
-            st.frontend = Frontend(bundle, defaults=cfg.generation, workers=st.workers, chat_defaults=cfg.chat)
+            st.frontend = _frontend(st, bundle)
             if not engine.running:
                 engine.start(loop)
         st.engine = engine
@@ -119,7 +126,7 @@ def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> we
     """The app. With ``engine`` (started or not) it serves that engine's model instead of loading one."""
     http = config.http
     app = web.Application(client_max_size=http.max_body_bytes,
-                          middlewares=[mw.log_middleware, mw.cors_middleware, mw.error_middleware,
+                          middlewares=[transport_middleware, mw.log_middleware, mw.cors_middleware, mw.error_middleware,
                                        mw.auth_middleware])
     app[CONFIG] = config
     app[STATE] = ServerState(config, Workers())
@@ -127,10 +134,14 @@ def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> we
     prefix = http.api_prefix
     for method, path, handler in ROUTES:
         app.router.add_route(method, prefix + path, handler)
+    ui_files = set()
     if http.static_path:
         app.router.add_get(prefix + "/", _file_handler(Path(http.static_path) / "index.html"))
         app.router.add_static(prefix + "/", http.static_path, show_index=False)
+        root = Path(http.static_path)
+        ui_files = {"/"} | {"/" + p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     elif http.ui and (STATIC_DIR / "index.html").exists():
+        ui_files = {"/"} | {"/" + f.name for f in STATIC_DIR.iterdir() if f.is_file() and f.name != "index.html"}
         app.router.add_get(prefix + "/", index)
         if prefix:
             async def to_slash(request: web.Request) -> web.StreamResponse:
@@ -140,6 +151,8 @@ def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> we
             if f.is_file() and f.name != "index.html":
                 app.router.add_get(prefix + "/" + f.name, _file_handler(f, {"Cache-Control": "no-cache"}))
 
+    app[UI_FILES] = frozenset(ui_files)
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_load(app, engine))
         app[LOADER] = task
@@ -148,11 +161,18 @@ def create_app(config: ServerConfig, engine: Optional[AsyncEngine] = None) -> we
         if not task.done():
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        grace = config.http.shutdown_timeout
         if st.engine is not None:
-            await st.engine.stop(drain=True, timeout=30)
+            await st.engine.stop(drain=True, timeout=grace)
+        # by now every handler has ended, so work still on the pool is for nobody; but a worker may
+        # be inside a long C call on the model (a huge tokenization), and freeing the model under
+        # it would crash: a model still in use is left to the process's exit
+        idle = await asyncio.get_running_loop().run_in_executor(None, st.workers.close, 1.0)
         if st.frontend is not None:
-            st.frontend.bundle.close()      # the model too, unless the engine was lent to the app
-        st.workers.close()
+            if idle:
+                st.frontend.bundle.close()      # the model too, unless the engine was lent to the app
+            else:
+                logger.warning("a worker is still busy: exiting without freeing the model under it")
 
     app.cleanup_ctx.append(lifecycle)
     return app

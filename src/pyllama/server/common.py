@@ -1,6 +1,7 @@
 """Helpers every handler uses: read the body, then decode and validate it on the worker pool."""
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Callable, Type, TypeVar
 
@@ -8,16 +9,24 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .errors import APIError
-from .state import STATE
+from .serve import TRANSPORT
+from .state import CONFIG, STATE
 
 M = TypeVar("M", bound=BaseModel)
 
 
 async def read_body(request: web.Request) -> bytes:
+    """The whole body, read within ``--timeout`` seconds (else a 408)."""
+    timeout = request.app[CONFIG].http.timeout
     try:
-        raw = await request.read()
+        raw = await asyncio.wait_for(request.read(), timeout if timeout > 0 else None)
     except web.HTTPRequestEntityTooLarge:
         raise APIError(413, "request body too large") from None
+    except asyncio.TimeoutError:
+        stats = request.app.get(TRANSPORT)
+        if stats is not None:
+            stats.http_body_timeouts += 1
+        raise APIError(408, f"the request body did not arrive within {timeout} s (--timeout)") from None
     if not raw:
         raise APIError(400, "the request body is empty; expected JSON")
     return raw

@@ -53,9 +53,20 @@ class HttpGroup:
     ui: bool = True
     static_path: Optional[str] = None           # serve this folder instead of the UI
     api_prefix: str = ""                        # "" or "/prefix" (no trailing slash)
-    timeout: int = 3600                         # seconds an idle keep-alive connection is held
+    timeout: int = 3600                         # seconds an idle keep-alive connection is held; body read deadline
     sse_ping_interval: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
+    timeout_headers: float = 30.0               # seconds a connection has to deliver a request head
+    max_connections: int = 1024                 # open connections at most (0: no cap); past it a 503
+    shutdown_timeout: float = 30.0              # seconds SIGTERM waits for in-flight requests
+
+    def __post_init__(self) -> None:
+        if not self.timeout_headers > 0:
+            raise ValueError(f"--timeout-headers must be > 0, got {self.timeout_headers}")
+        if self.max_connections < 0:
+            raise ValueError(f"--max-connections must be >= 0 (0 = no cap), got {self.max_connections}")
+        if not self.shutdown_timeout >= 0:
+            raise ValueError(f"--shutdown-timeout must be >= 0, got {self.shutdown_timeout}")
 
 
 @dataclass(frozen=True)
@@ -270,6 +281,9 @@ FLAGS: Tuple[Tuple[str, Tuple[Flag, ...]], ...] = (
              help="whether to use context shift on infinite text generation", off="--no-context-shift"),
         Flag("-cram --cache-ram", "engine.cache_ram_mib", "LLAMA_ARG_CACHE_RAM", int, 8192,
              "maximum host-RAM prompt cache size in MiB (default: %(default)s, -1 - no limit, 0 - disable)"),
+        Flag("--max-queued", "engine.max_queued", "LLAMA_ARG_MAX_QUEUED", int,
+             help="pyllama: requests that may wait for a slot; beyond, 503 with Retry-After (0: no bound; "
+                  "default: %(default)s)"),
         Flag("--cache-idle-slots", "engine.cache_idle_slots", "LLAMA_ARG_CACHE_IDLE_SLOTS", bool,
              help="save idle slots to the prompt cache on new task, and clear them when using unified KV (requires "
              "cache-ram)", off="--no-cache-idle-slots"),
@@ -372,6 +386,15 @@ FLAGS: Tuple[Tuple[str, Tuple[Flag, ...]], ...] = (
              help="prefix path the server serves from, without the trailing slash"),
         Flag("-to --timeout", "http.timeout", "LLAMA_ARG_TIMEOUT", int,
              help="server read/write timeout in seconds (default: %(default)s)"),
+        Flag("--timeout-headers", "http.timeout_headers", "LLAMA_ARG_TIMEOUT_HEADERS", float, metavar="SECONDS",
+             help="seconds a connection has to send a complete request head, after connecting or after its previous "
+             "response; then it is closed (default: %(default)s)"),
+        Flag("--max-connections", "http.max_connections", "LLAMA_ARG_MAX_CONNECTIONS", int,
+             help="maximum number of open connections; one more is answered 503 and closed (default: %(default)s, "
+             "0 = no limit)"),
+        Flag("--shutdown-timeout", "http.shutdown_timeout", "LLAMA_ARG_SHUTDOWN_TIMEOUT", float, metavar="SECONDS",
+             help="seconds SIGTERM/SIGINT waits for in-flight requests before cancelling them; the process is ended "
+             "5 s after that at the latest (default: %(default)s)"),
         Flag("--sse-ping-interval", "http.sse_ping_interval", "LLAMA_ARG_SSE_PING_INTERVAL", float,
              help="server SSE ping interval in seconds (default: %(default)s)"),
         Flag("--metrics", "endpoints.metrics", "LLAMA_ARG_ENDPOINT_METRICS", bool,

@@ -11,13 +11,13 @@ from aiohttp import web
 
 from ..engine import EngineStoppedError
 from ..errors import (ChatTemplateError, ContextLimitError, GrammarError, InvalidRequestError, KVCacheFullError,
-                      NotSupportedError, PyllamaError, StateError, TokenizeError)
+                      NotSupportedError, PyllamaError, QueueFullError, StateError, TokenizeError)
 
 logger = logging.getLogger("pyllama.server")
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error",
-         501: "not_supported_error", 503: "unavailable_error"}
+         404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
+         413: "invalid_request_error", 500: "server_error", 501: "not_supported_error", 503: "unavailable_error"}
 
 
 class APIError(Exception):
@@ -45,6 +45,7 @@ STATUS: Tuple[Tuple[Type[BaseException], int, Optional[str]], ...] = (
     (StateError, 400, None),                                # a slot file that cannot be restored
     (NotSupportedError, 501, "not_supported_error"),
     (KVCacheFullError, 503, None),                          # no room in the KV cache now: retry later
+    (QueueFullError, 503, None),                            # the admission queue is full: retry later
     (EngineStoppedError, 503, None),
     (PyllamaError, 500, None),
     (ValueError, 400, None),
@@ -77,7 +78,7 @@ def handled(exc: BaseException) -> APIError:
     """What a handler's exception is answered with; a server error is logged with its traceback
     (call from the ``except`` block)."""
     err = api_error(exc)
-    if err.status >= 500 and not isinstance(exc, (APIError, KVCacheFullError, EngineStoppedError)):
+    if err.status >= 500 and not isinstance(exc, (APIError, KVCacheFullError, EngineStoppedError, QueueFullError)):
         logger.exception("request failed")
     return err
 
@@ -93,8 +94,12 @@ def error_of(exc: Optional[BaseException]) -> Dict[str, Any]:
     return api_error(exc if exc is not None else PyllamaError("request failed")).body()
 
 
+RETRY_AFTER_S = 1      # a 503 (busy, loading, shutting down) says when to try again
+
+
 def error_response(status: int, message: str, type_: Optional[str] = None, **extra: Any) -> web.Response:
     return web.json_response(error_body(status, message, type_, **extra), status=status,
+                             headers={"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None,
                              dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 

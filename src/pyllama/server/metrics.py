@@ -21,6 +21,12 @@ _METRICS: List[Tuple[str, str, str, Any]] = [
      if m["t_tokens_generation_total"] else 0.0),
     ("gauge", "requests_processing", "Number of requests processing.", "requests_processing"),
     ("gauge", "requests_deferred", "Number of requests deferred.", "requests_deferred"),
+    # pyllama's own (llama-server has no bound to count against)
+    ("counter", "requests_rejected_total", "Requests refused with 503 because the admission queue was full.",
+     "requests_rejected_total"),
+    ("counter", "http_connections_rejected_total", "Connections refused with 503 past --max-connections.",
+     "http_connections_rejected_total"),
+    ("gauge", "http_connections_open", "Open HTTP connections.", "http_connections_open"),
 ]
 
 

@@ -10,13 +10,12 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from .errors import error_response, handled
-from .state import CONFIG
+from .state import CONFIG, UI_FILES
 
 logger = logging.getLogger("pyllama.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC_PATHS = {"/health", "/v1/health", "/models", "/v1/models"}
-STATIC_SUFFIXES = (".html", ".js", ".css", ".svg", ".ico", ".png")
+PUBLIC_PATHS = {"/health", "/v1/health"}       # as llama-server: these, and the web UI's own files
 
 
 @web.middleware
@@ -47,7 +46,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not keys or request.method == "OPTIONS":
         return await handler(request)
     path = _strip_prefix(request)
-    if path in PUBLIC_PATHS or path == "/" or (request.method == "GET" and path.endswith(STATIC_SUFFIXES)):
+    if path in PUBLIC_PATHS or (request.method in ("GET", "HEAD") and path in request.app[UI_FILES]):
         return await handler(request)
     auth = request.headers.get("Authorization", "")
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")

@@ -15,11 +15,12 @@ from ..errors import PyllamaError
 from ..frontend import ChatInput, GenerationOptions, Prepared
 from ..params import DEFAULT_SEED
 from . import metrics as prom
-from .common import json_response, parse
+from .common import json_response, parse, read_json
 from .errors import APIError, error_of, error_response, require_enabled
 from .generation import collect, merged, start
 from .openai import compute_embeddings
 from .schemas import ApplyTemplateRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .serve import TRANSPORT
 from .sse import SSEWriter
 from .state import STATE, ServerState
 
@@ -74,8 +75,19 @@ def generation_settings(st: ServerState, req: Optional[CompletionRequest] = None
     # the seed as the flag spells it: -1 for a random one (SamplingParams holds DEFAULT_SEED)
     d.update(seed=-1 if s.seed == DEFAULT_SEED else s.seed, cache_prompt=cfg.generation.cache_prompt)
     if req is not None:
-        d.update({k: v for k, v in req.model_dump(exclude={"prompt"}).items() if v is not None})
+        d.update({k: _echo(v) for k, v in req.model_dump(exclude={"prompt"}).items() if v is not None})
     return d
+
+
+ECHO_MAX = 64 * 1024
+
+
+def _echo(v: Any) -> Any:
+    """A request field as generation_settings echoes it: a string past ECHO_MAX characters (a 4 MiB
+    grammar, say) is cut there, so that a response with many results does not repeat it whole in each."""
+    if isinstance(v, str) and len(v) > ECHO_MAX:
+        return v[:ECHO_MAX] + f"... ({len(v)} characters)"
+    return v
 
 
 def completion_prepare(st: ServerState, req: CompletionRequest, prompt: Any = None) -> Prepared:
@@ -97,13 +109,15 @@ async def run_completion(request: web.Request, st: ServerState, req: CompletionR
     reqs = prepared.requests
     n_probs = req.n_probs or 0
 
+    settings = generation_settings(st, req)     # one copy for every result
+
     def final_fields(i: int, o: RequestOutput, content: str, tokens: List[int]) -> Dict[str, Any]:
         d: Dict[str, Any] = {
             "index": i, "content": content, "tokens": tokens if (req.return_tokens or req.stream) else [],
             "id_slot": o.id_slot, "stop": True, "model": cfg.model_name,
             "tokens_predicted": o.usage["completion_tokens"] if o.usage else 0,
             "tokens_evaluated": o.usage["prompt_tokens"] if o.usage else 0,
-            "generation_settings": generation_settings(st, req),
+            "generation_settings": settings,
             "prompt": vocab.detokenize(list(reqs[i].prompt)), "has_new_line": "\n" in content, "truncated": False,
             "stop_type": _stop_type(o), "stopping_word": o.stop_word or "",
             "tokens_cached": o.usage["prompt_tokens_details"]["cached_tokens"] if o.usage else 0,
@@ -207,7 +221,7 @@ async def slots(request: web.Request) -> web.Response:
     return web.json_response(info)
 
 
-_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+_SAFE = re.compile(r"[A-Za-z0-9._-]{1,255}")     # a whole name: no newline, no path
 
 
 async def slot_action(request: web.Request) -> web.Response:
@@ -222,14 +236,15 @@ async def slot_action(request: web.Request) -> web.Response:
         raise APIError(400, "invalid action: use ?action=save|restore|erase")
     engine = st.engine
     assert engine is not None
+    # llama-server refuses every slot action, erase included, without --slot-save-path
+    require_enabled(cfg.endpoints.slot_save_path, "slot actions", "--slot-save-path")
     try:
         if action == "erase":
             erased = await engine.erase_slot(id_slot)
             return web.json_response({"id_slot": erased.id_slot, "n_erased": erased.n_erased})
-        require_enabled(cfg.endpoints.slot_save_path, "slot save/restore", "--slot-save-path")
-        body = await request.json() if request.can_read_body else {}
+        body = await read_json(request) if request.can_read_body else {}
         filename = body.get("filename") if isinstance(body, dict) else None
-        if not isinstance(filename, str) or not filename or not _SAFE.match(filename) or filename in (".", ".."):
+        if not isinstance(filename, str) or not _SAFE.fullmatch(filename) or filename in (".", ".."):
             raise APIError(400, "Invalid filename")
         path = os.path.join(cfg.endpoints.slot_save_path, filename)
         t0 = time.perf_counter()
@@ -251,6 +266,10 @@ async def metrics(request: web.Request) -> web.Response:
     require_enabled(st.config.endpoints.metrics, "metrics endpoint", "--metrics")
     st.require()
     m = await st.engine.metrics()
+    transport = request.app.get(TRANSPORT)      # set by the serve loop (python -m pyllama.server)
+    if transport is not None:
+        m.update(http_connections_open=transport.open_connections,
+                 http_connections_rejected_total=transport.http_rejected_connections)
     return web.Response(text=prom.render(m), content_type="text/plain", charset="utf-8",
                         headers={"Process-Start-Time-Unix": str(int(st.t_start))})
 

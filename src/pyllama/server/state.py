@@ -45,3 +45,4 @@ class ServerState:
 
 CONFIG = web.AppKey("config", ServerConfig)
 STATE = web.AppKey("state", ServerState)
+UI_FILES = web.AppKey("ui_files", frozenset)    # paths of the web UI's files (no API key needed)
