@@ -86,12 +86,14 @@ class Limits:
             raise InvalidRequestError(f"{what}: {n} is more than this server accepts ({limit})")
 
     def check_schema(self, what: str, schema: Optional[Any]) -> None:
+        """Depth and string lengths first (walked without recursion), then the size as JSON text."""
         if schema is None:
             return
-        if isinstance(schema, str):
-            self.check_count(f"{what} (bytes of JSON)", len(schema), self.max_json_schema_bytes)
+        text = schema if isinstance(schema, str) else None
+        if text is not None:
+            self.check_count(f"{what} (bytes of JSON)", len(text), self.max_json_schema_bytes)
             try:
-                schema = json.loads(schema)
+                schema = json.loads(text)
             except (ValueError, RecursionError):
                 return      # not JSON: the converter says so
         deepest = longest = 0
@@ -103,7 +105,7 @@ class Limits:
                 break
         self.check_count(f"{what} (nesting depth)", deepest, self.max_json_schema_depth)
         self.check_count(f"{what} (characters in one name or string)", longest, self.max_json_schema_string)
-        if not isinstance(schema, str):
+        if text is None:
             self.check_count(f"{what} (bytes of JSON)", len(json.dumps(schema)), self.max_json_schema_bytes)
 
     def check_grammar(self, grammar: Optional[str]) -> None:

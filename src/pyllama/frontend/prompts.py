@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from .. import _core
 from ..errors import InvalidRequestError, NotSupportedError
+from ..params import FLT_MAX
 
 
 def check_token(vocab: "_core.Vocab", t: Any, what: str = "token id") -> int:
@@ -120,9 +121,6 @@ def infill_prompt(vocab: "_core.Vocab", prefix: str, suffix: str, prompt: str,
             toks += [sep] + text(chunk["filename"] + "\n")
         toks += text(chunk["text"])
     return toks + [pre] + text(prefix) + [suf] + text(suffix) + [mid] + text(prompt)
-
-
-FLT_MAX = 3.4028234663852886e38
 
 
 def logit_bias_pairs(vocab: "_core.Vocab", bias: Any) -> List[Tuple[int, float]]:

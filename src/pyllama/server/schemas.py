@@ -11,10 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from typing_extensions import Annotated
 
 from ..frontend.limits import FIELD_LIMITS as L
-
-INT32_MAX = 2**31 - 1
-INT32_MIN = -2**31
-FLT_MAX = 3.4028234663852886e38      # a request's numbers reach llama.cpp as 32-bit ints and floats
+from ..params import FLT_MAX, INT32_MAX, INT32_MIN     # a request's numbers reach llama.cpp as int32 and float
 
 Token = Annotated[StrictInt, Field(ge=INT32_MIN, le=INT32_MAX)]   # true is not token 1
 TokenOrText = Union[Token, str]
